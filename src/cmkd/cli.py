@@ -1,0 +1,173 @@
+"""The ``cmkd`` command line: train, distill, evaluate, datasets, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cmkd.config import Config, ConfigError, DataConfig, EpisodeConfig, load_config
+from cmkd.train.checkpoint import CheckpointError
+
+
+def _config(args: argparse.Namespace, base: dict | None = None) -> Config:
+    base = dict(base or {})
+    if getattr(args, "name", None):
+        base["name"] = args.name
+    if getattr(args, "modality", None):
+        base["model.modality"] = args.modality
+    return load_config(args.config, args.overrides, base)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from cmkd.data.registry import load_dataset
+    from cmkd.runtime import pick_device
+    from cmkd.train.loop import Trainer
+
+    cfg = _config(args)
+    trainer = Trainer(cfg, load_dataset(cfg.data), pick_device(args.device))
+    trainer.fit(resume=args.resume)
+    print(f"best val accuracy {100 * trainer.best_acc:.2f}% ({cfg.episode.label()}); weights in {cfg.run_dir}")
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from cmkd.data.registry import load_dataset
+    from cmkd.runtime import pick_device
+    from cmkd.train.loop import Trainer, load_model
+
+    device = pick_device(args.device)
+    teacher, meta = load_model(args.teacher, device)
+    base = {"distill.teacher": str(args.teacher)}
+    if args.method:
+        base["distill.method"] = args.method
+    cfg = _config(args, base)
+    if cfg.model.modality == "image+text":
+        raise ConfigError("model.modality: a distilled student sees one modality; use image or text")
+    if teacher.cfg.modality == cfg.model.modality:
+        raise ConfigError(f"the teacher at {args.teacher} sees only {teacher.cfg.modality}; CMKD needs a "
+                          "teacher with the other modality too (train one with --modality image+text)")
+    init = load_model(args.init, device)[0] if args.init else None
+    trainer = Trainer(cfg, load_dataset(cfg.data), device, teacher=teacher, init=init)
+    trainer.fit(resume=args.resume)
+    print(f"best val accuracy {100 * trainer.best_acc:.2f}% ({cfg.episode.label()}); weights in {cfg.run_dir}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from cmkd.data.device import DeviceData
+    from cmkd.data.registry import load_dataset
+    from cmkd.eval.compare import compare, table, write_json
+    from cmkd.runtime import configure_cpu, pick_device
+    from cmkd.train.loop import load_model
+
+    configure_cpu()
+    device = pick_device(args.device)
+    models, metas = {}, {}
+    for spec in args.runs:
+        name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
+        models[name], metas[name] = load_model(path, device)
+    first = next(iter(metas.values()))
+    data_cfg = DataConfig(**first["config"]["data"])
+    data = DeviceData(load_dataset(data_cfg), device)
+    shots = args.shots or [1, 5]
+    settings = [EpisodeConfig(args.way, s, args.query, fg) for fg in (False, True) for s in shots]
+    if not args.fine_grained:
+        settings = [s for s in settings if not s.fine_grained]
+    names = list(models)
+    pairs = [(n, args.reference or names[0]) for n in names if n != (args.reference or names[0])]
+    result = compare(models, data, settings, args.split, args.episodes, args.seed, pairs,
+                     data_cfg.eval_captions == "mean")
+    out = write_json(result, args.out)
+    print(table(result))
+    print(f"\nresults: {out}")
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from cmkd.data.formats.glyphs import glyph_manifest
+
+    m = glyph_manifest()
+    c = m["counts"]
+    info = {"glyphs": {"classes": c["classes"], "images": c["images"], "faces": c["faces"],
+                       "sizes": m["sizes"], "renderings_per_class": c["renderings_per_class"],
+                       "groups": c["groups"], "splits": c["split_classes"], "caption_coverage": 1.0}}
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return
+    for name, d in info.items():
+        print(f"{name}: {d['classes']} classes, {d['images']} images ({d['faces']} font faces), sizes {d['sizes']}, "
+              f"renderings per class {d['renderings_per_class']}, {d['groups']} groups, splits {d['splits']}, "
+              f"captions on {100 * d['caption_coverage']:.0f}% of images")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from cmkd.demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick, with_baselines=not args.no_baselines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cmkd", description="Cross-modal knowledge distillation for "
+                                "fine-grained one-shot classification (Zhao et al., ICASSP 2021)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, help="YAML config (see configs/)")
+        sp.add_argument("--name", help="run name: weights go to <out>/<name>")
+        sp.add_argument("--modality", choices=["image", "text", "image+text"])
+        sp.add_argument("--resume", action="store_true", help="continue from <run>/last.json")
+        sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+        sp.add_argument("overrides", nargs="*", metavar="section.key=value")
+
+    t = sub.add_parser("train", help="train a few-shot model (student or image+text teacher)")
+    common(t)
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("distill", help="train a one-modality student with CE + lambda * SRL from a teacher")
+    common(d)
+    d.add_argument("--teacher", required=True, type=Path, help="teacher run directory or checkpoint")
+    d.add_argument("--method", choices=["none", "kd", "rkd", "srl"])
+    d.add_argument("--init", type=Path, help="start the student from this checkpoint")
+    d.set_defaults(func=cmd_distill)
+
+    e = sub.add_parser("evaluate", help="score runs on the same fixed episodes and compare them")
+    e.add_argument("runs", nargs="+", metavar="[NAME=]RUN", help="run directories or checkpoints")
+    e.add_argument("--split", default="novel")
+    e.add_argument("--episodes", type=int, default=600)
+    e.add_argument("--seed", type=int, default=2021)
+    e.add_argument("--way", type=int, default=5)
+    e.add_argument("--shots", type=int, nargs="+")
+    e.add_argument("--query", type=int, default=15)
+    e.add_argument("--fine-grained", action="store_true", help="also fine-grained episodes")
+    e.add_argument("--reference", help="paired differences against this run (default: the first)")
+    e.add_argument("--out", type=Path, default=Path("runs/evaluation.json"))
+    e.add_argument("--device")
+    e.set_defaults(func=cmd_evaluate)
+
+    ds = sub.add_parser("datasets", help="list available datasets with counts")
+    ds.add_argument("--json", action="store_true")
+    ds.set_defaults(func=cmd_datasets)
+
+    dm = sub.add_parser("demo", help="teacher, student, student+CMKD on glyphs, with a report")
+    dm.add_argument("--out", default="runs/demo")
+    dm.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test)")
+    dm.add_argument("--no-baselines", action="store_true", help="skip the KD and RKD baselines")
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+        print(f"cmkd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # bad episode settings and the like, raised with a message that names the fix
+        print(f"cmkd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

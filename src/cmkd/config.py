@@ -1,0 +1,235 @@
+"""Experiment configuration: typed dataclasses, YAML files and ``key=value`` overrides.
+
+An unknown key anywhere (file or command line) is an error that names the key and the
+closest valid one, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the field and the fix."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "glyphs"  # 'glyphs' or the path of a prepared cache
+    image_size: int = 32
+    augment: bool = True
+    hflip: bool = False  # never for letters; fine for birds and flowers
+    eval_captions: str = "mean"  # how evaluation uses several captions: 'mean' or 'first'
+
+
+@dataclass
+class ModelConfig:
+    modality: str = "image"  # 'image', 'text' or 'image+text' (the teacher)
+    backbone: str = "conv4"
+    head: str = "protonet"
+    text_encoder: str = "bow"  # 'bow', 'bigru' or 'minilm'
+    text_dim: int = 128
+    fusion: str = "concat"  # 'concat' (concatenation + MLP) or 'gated' (gated sum)
+    embed_dim: int = 256  # width of the fused (teacher) embedding
+    word_dropout: float = 0.0  # share of caption words dropped while training
+
+
+@dataclass
+class EpisodeConfig:
+    way: int = 5
+    shot: int = 1
+    query: int = 15
+    fine_grained: bool = False  # draw all classes of an episode from one group
+
+    def label(self) -> str:
+        return f"{self.way}-way {self.shot}-shot{' fine-grained' if self.fine_grained else ''}"
+
+
+@dataclass
+class TrainConfig:
+    episodes: int = 1500
+    episodes_per_step: int = 1
+    fine_grained_share: float = 0.0  # share of training episodes drawn fine-grained
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # 'cosine', 'step' or 'none'
+    step_size: int = 500
+    gamma: float = 0.5
+    val_every: int = 100
+    val_episodes: int = 200
+    seed: int = 0
+    threads: int = 0  # 0: all cores
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = None  # path of a teacher run (or its checkpoint)
+    method: str = "srl"  # 'none', 'kd', 'rkd' or 'srl'
+    weight: float = 1.0  # lambda in L = CE + lambda * SRL
+    tau: float = 4.0
+    rel: float = 1.0  # a: relation-distribution KL
+    dist: float = 1.0  # b: scale-free pairwise-distance structure
+    angle: float = 0.0  # c: angle structure
+
+
+@dataclass
+class EvalConfig:
+    split: str = "novel"
+    episodes: int = 600
+    seed: int = 2021
+    settings: list[EpisodeConfig] = field(
+        default_factory=lambda: [
+            EpisodeConfig(5, 1, 15, False),
+            EpisodeConfig(5, 5, 15, False),
+            EpisodeConfig(5, 1, 15, True),
+            EpisodeConfig(5, 5, 15, True),
+        ]
+    )
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    out: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "model.modality": ("image", "text", "image+text"),
+    "model.backbone": ("conv4",),
+    "model.head": ("protonet",),
+    "model.text_encoder": ("bow", "bigru", "minilm"),
+    "model.fusion": ("concat", "gated"),
+    "train.optimizer": ("adam", "sgd"),
+    "train.schedule": ("cosine", "step", "none"),
+    "distill.method": ("none", "kd", "rkd", "srl"),
+    "data.eval_captions": ("mean", "first"),
+}
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config field '{prefix or 'root'}' must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    obj = cls()
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean '{prefix}{near[0]}'?)" if near else ""
+            raise ConfigError(f"unknown config key '{path}'{hint}; valid keys here: {', '.join(fields)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            value = _build(type(current), value, f"{path}.")
+        elif key == "settings":
+            value = [_build(EpisodeConfig, v, f"{path}[{i}].") for i, v in enumerate(value)]
+        else:
+            value = _coerce(value, current, path)
+        setattr(obj, key, value)
+    return obj
+
+
+def _coerce(value: Any, current: Any, path: str) -> Any:
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config field '{path}' takes true or false, got {value!r}")
+        return value
+    if isinstance(current, (int, float)) and not isinstance(value, bool):
+        try:
+            number = type(current)(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config field '{path}' takes a number, got {value!r}") from None
+        if isinstance(current, int) and number != value:
+            raise ConfigError(f"config field '{path}' takes a whole number, got {value!r}")
+        return number
+    if isinstance(current, str) and not isinstance(value, str):
+        raise ConfigError(f"config field '{path}' takes text, got {value!r}")
+    return value
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'train.lr=0.01'`` -> ``('train.lr', 0.01)``; values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. train.lr=0.01")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict[str, Any] | None = None) -> Config:
+    """Config from defaults, then ``base``, then a YAML file, then ``key=value`` overrides."""
+    tree: dict[str, Any] = {}
+    for key, value in (base or {}).items():
+        _set_dotted(tree, key, value)
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist; the shipped ones are in configs/")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        _merge(tree, loaded)
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree, "")
+    validate(cfg)
+    return cfg
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def validate(cfg: Config) -> None:
+    """Check choices and ranges; raise :class:`ConfigError` naming the field."""
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"config field '{dotted}' is {value!r}; choose one of {', '.join(allowed)}")
+    positive = {"episode.way": cfg.episode.way, "episode.shot": cfg.episode.shot,
+                "episode.query": cfg.episode.query, "train.episodes_per_step": cfg.train.episodes_per_step,
+                "train.val_every": cfg.train.val_every, "data.image_size": cfg.data.image_size}
+    for dotted, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config field '{dotted}' must be at least 1, got {value}")
+    if cfg.episode.way < 2:
+        raise ConfigError("config field 'episode.way' must be at least 2: one class is no classification")
+    if cfg.distill.tau <= 0:
+        raise ConfigError(f"config field 'distill.tau' must be positive, got {cfg.distill.tau}")

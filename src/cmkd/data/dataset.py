@@ -1,0 +1,78 @@
+"""The in-memory few-shot dataset: one uint8 image tensor, labels, captions and splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+SPLITS = ("base", "val", "novel")
+
+
+@dataclass
+class FewShotDataset:
+    """Every sample of a dataset, held as tensors that move to the training device once.
+
+    ``images`` is uint8 ``[N, C, H, W]``; ``labels`` int64 ``[N]`` (global class index);
+    ``captions[i]`` the text descriptions of sample ``i`` (several per sample for CUB,
+    the Unicode name for glyphs); ``groups[c]`` the fine-grained group of class ``c``;
+    ``splits`` maps 'base'/'val'/'novel' to class indices.
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    groups: list[str]
+    captions: list[tuple[str, ...]]
+    splits: dict[str, list[int]]
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"{self.name}: images must be uint8 [N, C, H, W], got {tuple(self.images.shape)} "
+                             f"{self.images.dtype}")
+        if len(self.images) != n or len(self.captions) != n:
+            raise ValueError(f"{self.name}: {len(self.images)} images, {n} labels and {len(self.captions)} "
+                             "caption lists must match")
+        if len(self.groups) != len(self.class_names):
+            raise ValueError(f"{self.name}: one group per class expected")
+        for split, classes in self.splits.items():
+            bad = [c for c in classes if not 0 <= c < len(self.class_names)]
+            if bad:
+                raise ValueError(f"{self.name}: split '{split}' names unknown class indices {bad[:5]}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def split_classes(self, split: str) -> list[int]:
+        if split not in self.splits:
+            raise KeyError(f"{self.name} has no split '{split}'; it has {', '.join(self.splits)}")
+        return self.splits[split]
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Sample indices of the classes of a split, ascending."""
+        mask = np.isin(self.labels.numpy(), self.split_classes(split))
+        return np.flatnonzero(mask)
+
+    def summary(self) -> dict:
+        counts = np.bincount(self.labels.numpy(), minlength=self.num_classes)
+        captioned = sum(1 for c in self.captions if c)
+        return {
+            "name": self.name,
+            "classes": self.num_classes,
+            "images": len(self.labels),
+            "image_shape": list(self.image_shape),
+            "images_per_class": {"min": int(counts.min()), "median": float(np.median(counts)),
+                                 "max": int(counts.max())},
+            "groups": len(set(self.groups)),
+            "splits": {k: len(v) for k, v in self.splits.items()},
+            "caption_coverage": captioned / max(len(self.captions), 1),
+        }

@@ -1,0 +1,57 @@
+"""Scoring models on fixed evaluation episodes.
+
+Evaluation embeds every sample of the split once (eval mode, no augmentation) and then
+scores each episode from those embeddings, so hundreds of episodes cost one pass over
+the split. Every method is scored on the same episode list (paired comparison).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cmkd.config import EpisodeConfig
+from cmkd.data.device import DeviceData
+from cmkd.data.episodes import EpisodeSampler, episode_labels
+
+
+def episode_list(data: DeviceData, split: str, setting: EpisodeConfig, count: int, seed: int) -> np.ndarray:
+    """The fixed ``[count, way*(shot+query)]`` episodes of a split and setting."""
+    ds = data.dataset
+    sampler = EpisodeSampler(ds.labels, ds.split_classes(split), setting.way, setting.shot, setting.query,
+                             ds.groups, setting.fine_grained, ds.class_names, split)
+    return sampler.fixed(count, seed)
+
+
+@torch.no_grad()
+def embed_indices(model: torch.nn.Module, data: DeviceData, indices: np.ndarray, all_captions: bool = True,
+                  batch: int = 1024) -> torch.Tensor:
+    """Eval-mode embeddings ``[len(indices), D]`` of the given samples."""
+    was_training = model.training
+    model.eval()
+    idx = torch.as_tensor(indices, device=data.device)
+    out = torch.cat([data.embed(model, idx[i:i + batch], all_captions=all_captions)
+                     for i in range(0, len(idx), batch)])
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def episode_scores(model: torch.nn.Module, emb: torch.Tensor, way: int, shot: int) -> torch.Tensor:
+    return model.scores(emb, way, shot)
+
+
+@torch.no_grad()
+def evaluate_episodes(model: torch.nn.Module, data: DeviceData, episodes: np.ndarray, way: int, shot: int,
+                      all_captions: bool = True, chunk: int = 200) -> np.ndarray:
+    """Accuracy of ``model`` on each episode (rows of ``episodes``, global sample indices)."""
+    uniq, pos = np.unique(episodes, return_inverse=True)
+    emb = embed_indices(model, data, uniq, all_captions)
+    pos_t = torch.as_tensor(pos.reshape(episodes.shape), device=emb.device)
+    query = (episodes.shape[1] - way * shot) // way
+    truth = episode_labels(way, query, emb.device)
+    accs = []
+    for i in range(0, len(pos_t), chunk):
+        scores = model.scores(emb[pos_t[i:i + chunk]], way, shot)
+        accs.append((scores.argmax(-1) == truth).float().mean(-1))
+    return torch.cat(accs).cpu().numpy()

@@ -1,0 +1,88 @@
+"""Spatial Relation Loss (SRL) of Zhao et al., "Cross-modal knowledge distillation for
+fine-grained one-shot classification", ICASSP 2021 — as specified in DESIGN.md.
+
+The teacher (image + text) and the student (one modality) embed the same episode in
+different spaces, so the student learns the teacher's *relations* between the samples,
+never its features:
+
+1. relation distribution: ``tau^2 * mean_q KL(p_T(.|q) || p_S(.|q))`` with
+   ``p = softmax(scores / tau)`` over the few-shot head's scores (Hinton et al. 2015,
+   applied to relation scores);
+2. structure: pairwise Euclidean distances over all samples of the episode, each matrix
+   divided by its mean off-diagonal distance, compared with smooth-L1 (the RKD distance
+   term, Park et al., CVPR 2019);
+3. optionally the RKD angle term: cosines of the angles of all sample triplets.
+
+``SRL = a * L_rel + b * L_dist + c * L_angle``. The teacher side never carries gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def relation_kl(student_scores: torch.Tensor, teacher_scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """``tau^2 * mean over queries of KL(p_T || p_S)``; scores are ``[..., Q, way]``."""
+    log_p_s = F.log_softmax(student_scores / tau, dim=-1)
+    log_p_t = F.log_softmax(teacher_scores.detach() / tau, dim=-1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+    return tau**2 * kl.mean()
+
+
+def normalised_distances(emb: torch.Tensor) -> torch.Tensor:
+    """Pairwise Euclidean distances ``[..., n, n]``, divided by their mean off-diagonal value."""
+    diff = emb.unsqueeze(-2) - emb.unsqueeze(-3)
+    d = diff.pow(2).sum(-1).clamp_min(1e-12).sqrt()
+    n = emb.shape[-2]
+    eye = torch.eye(n, dtype=torch.bool, device=emb.device)
+    d = d.masked_fill(eye, 0.0)
+    mean = d.sum((-1, -2), keepdim=True) / (n * (n - 1))
+    return d / mean.clamp_min(1e-12)
+
+
+def distance_structure(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 between the scale-free distance matrices (mean over off-diagonal pairs)."""
+    ds, dt = normalised_distances(student_emb), normalised_distances(teacher_emb.detach())
+    n = ds.shape[-1]
+    off = ~torch.eye(n, dtype=torch.bool, device=ds.device)
+    return F.smooth_l1_loss(ds[..., off], dt[..., off])
+
+
+def triplet_cosines(emb: torch.Tensor) -> torch.Tensor:
+    """``[..., n, n, n]``: cosine of the angle at ``j`` formed by ``i-j`` and ``k-j``."""
+    e = F.normalize(emb.unsqueeze(-3) - emb.unsqueeze(-2), p=2, dim=-1)  # [..., j, i, D]: e_i - e_j
+    return e @ e.transpose(-1, -2)
+
+
+def angle_structure(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 between the triplet-angle cosines of student and teacher (RKD angle term)."""
+    return F.smooth_l1_loss(triplet_cosines(student_emb), triplet_cosines(teacher_emb.detach()))
+
+
+@dataclass(frozen=True)
+class SRLWeights:
+    rel: float = 1.0
+    dist: float = 1.0
+    angle: float = 0.0
+    tau: float = 4.0
+
+
+def spatial_relation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
+                          student_emb: torch.Tensor, teacher_emb: torch.Tensor,
+                          w: SRLWeights) -> dict[str, torch.Tensor]:
+    """The SRL and its terms for a batch of episodes.
+
+    Scores are ``[E, Q, way]``; embeddings ``[E, n, D_s]`` and ``[E, n, D_t]`` over all the
+    samples of each episode (support and query). ``D_s`` and ``D_t`` may differ.
+    """
+    zero = student_scores.new_zeros(())
+    terms = {
+        "rel": relation_kl(student_scores, teacher_scores, w.tau) if w.rel else zero,
+        "dist": distance_structure(student_emb, teacher_emb) if w.dist else zero,
+        "angle": angle_structure(student_emb, teacher_emb) if w.angle else zero,
+    }
+    terms["srl"] = w.rel * terms["rel"] + w.dist * terms["dist"] + w.angle * terms["angle"]
+    return terms

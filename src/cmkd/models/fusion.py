@@ -1,0 +1,42 @@
+"""Fusion of image and text embeddings into the teacher's embedding."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConcatFusion(nn.Module):
+    """Concatenation followed by a two-layer MLP."""
+
+    def __init__(self, image_dim: int, text_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(image_dim + text_dim, out_dim), nn.ReLU(inplace=True),
+                                 nn.Linear(out_dim, out_dim))
+        self.out_dim = out_dim
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([image, text], dim=-1))
+
+
+class GatedFusion(nn.Module):
+    """Gated sum: ``g * W_i image + (1 - g) * W_t text`` with a per-feature gate ``g``."""
+
+    def __init__(self, image_dim: int, text_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.image = nn.Linear(image_dim, out_dim)
+        self.text = nn.Linear(text_dim, out_dim)
+        self.gate = nn.Linear(image_dim + text_dim, out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate(torch.cat([image, text], dim=-1)))
+        return g * self.image(image) + (1 - g) * self.text(text)
+
+
+def build_fusion(name: str, image_dim: int, text_dim: int, out_dim: int) -> nn.Module:
+    if name == "concat":
+        return ConcatFusion(image_dim, text_dim, out_dim)
+    if name == "gated":
+        return GatedFusion(image_dim, text_dim, out_dim)
+    raise ValueError(f"unknown fusion '{name}'; available: concat, gated")

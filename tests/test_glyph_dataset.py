@@ -1,0 +1,48 @@
+"""The shipped glyph dataset is what its manifest says."""
+
+import hashlib
+
+import numpy as np
+
+from cmkd.data.formats.glyphs import glyph_dir, glyph_manifest
+
+
+def test_counts_match_manifest_and_issue_floor(glyphs):
+    m = glyph_manifest()
+    assert glyphs.num_classes == m["counts"]["classes"] >= 1000
+    assert len(glyphs.labels) == m["counts"]["images"]
+    per_class = np.bincount(glyphs.labels.numpy(), minlength=glyphs.num_classes)
+    assert per_class.min() >= 15
+    assert glyphs.images.shape[1:] == (1, 32, 32)
+
+
+def test_files_match_their_checksums():
+    m = glyph_manifest()
+    for name, digest in m["files_sha256"].items():
+        assert hashlib.sha256((glyph_dir() / name).read_bytes()).hexdigest() == digest
+
+
+def test_text_is_the_unicode_name(glyphs):
+    import unicodedata
+
+    for c in (0, 100, 500):
+        i = int(np.flatnonzero(glyphs.labels.numpy() == c)[0])
+        char = glyphs.class_names[c].split(" ", 1)[1]
+        assert glyphs.captions[i] == (unicodedata.name(char),)
+
+
+def test_glyphs_are_centred_and_unclipped(glyphs):
+    imgs = glyphs.images[:, 0].numpy()
+    assert imgs[:, 0, :].max() < 64 and imgs[:, -1, :].max() < 64
+    assert imgs[:, :, 0].max() < 64 and imgs[:, :, -1].max() < 64
+
+
+def test_no_two_classes_share_all_renderings(glyphs):
+    # homoglyphs were collapsed: the mean images of distinct classes differ
+    labels = glyphs.labels.numpy()
+    means = np.stack([glyphs.images[labels == c, 0].float().mean(0).numpy().ravel()
+                      for c in range(glyphs.num_classes)])
+    d = np.abs(means[:, None, :200] - means[None, :, :200]).max(-1)  # cheap screen on the first rows
+    close = np.argwhere(np.triu(d < 1e-6, 1))
+    for a, b in close:
+        assert np.abs(means[a] - means[b]).max() > 1.0, (glyphs.class_names[a], glyphs.class_names[b])

@@ -1,0 +1,30 @@
+import torch
+
+from cmkd.data.text import UNK, CaptionTable, Vocab, clean_caption, tokenize
+
+
+def test_tokenize_lowercases_and_splits_punctuation():
+    assert tokenize("This bird has a RED crown, and\ufffd white-ish wings.") == \
+        ["this", "bird", "has", "a", "red", "crown", "and", "white", "ish", "wings"]
+    assert clean_caption("  a\ufffdb  c ") == "a b c"
+
+
+def test_vocab_from_training_captions_maps_unseen_words_to_unk():
+    v = Vocab.build(["latin small letter a", "latin capital letter b"])
+    ids = v.encode("latin small letter omega", 6)
+    assert ids[:3] == [v.index["latin"], v.index["small"], v.index["letter"]]
+    assert ids[3] == UNK and ids[4:] == [0, 0]
+    assert Vocab.from_dict(v.to_dict()).words == v.words
+
+
+def test_caption_table_dedupes_and_picks_among_a_samples_captions():
+    caps = [("a b", "c d"), ("a b",), ("e f", "g h", "c d")]
+    table = CaptionTable.build(caps, lambda texts: torch.arange(len(texts)))
+    assert table.inputs.tolist() == [0, 1, 2, 3]  # 4 distinct captions
+    assert table.counts.tolist() == [2, 1, 3]
+    g = torch.Generator().manual_seed(0)
+    picks = torch.stack([table.random_ids(torch.tensor([0, 1, 2]), g) for _ in range(200)])
+    assert set(picks[:, 0].tolist()) == {0, 1}
+    assert set(picks[:, 1].tolist()) == {0}
+    assert set(picks[:, 2].tolist()) == {1, 2, 3}
+    assert table.first_ids(torch.tensor([2])).tolist() == [2]

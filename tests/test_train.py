@@ -1,0 +1,116 @@
+"""Training: learning happens, checkpoints round-trip, and resume is exact."""
+
+import numpy as np
+import pytest
+import torch
+
+from cmkd.config import EpisodeConfig
+from cmkd.data.device import DeviceData
+from cmkd.eval.evaluate import episode_list, evaluate_episodes
+from cmkd.train.checkpoint import CheckpointError, load_checkpoint, model_state, save_checkpoint
+from cmkd.train.loop import Trainer, TrainingDiverged, load_model
+
+
+def test_tiny_run_lowers_loss_and_beats_chance(small, fast_cfg):
+    cfg = fast_cfg(**{"train.episodes": 60, "train.val_every": 60})
+    trainer = Trainer(cfg, small)
+    data = trainer.data
+    eps = episode_list(data, "novel", EpisodeConfig(5, 1, 5, False), 100, 11)
+    before = evaluate_episodes(trainer.model, data, eps, 5, 1).mean()
+    losses = [trainer.train_step(s)["ce"] for s in range(60)]
+    after = evaluate_episodes(trainer.model, data, eps, 5, 1).mean()
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    assert after > 0.5, f"5-way accuracy {after:.2f} should be well above chance (0.2)"
+    assert after > before
+
+
+def test_teacher_with_text_trains(small, fast_cfg):
+    cfg = fast_cfg(**{"model.modality": "image+text", "train.episodes": 20})
+    trainer = Trainer(cfg, small)
+    trainer.fit(progress=False)
+    assert trainer.best_acc > 0.5
+    assert trainer.model.vocab is not None and "latin" in trainer.model.vocab.index
+
+
+def test_checkpoint_round_trip(small, fast_cfg, tmp_path):
+    trainer = Trainer(fast_cfg(), small)
+    trainer.train_step(0)
+    save_checkpoint(tmp_path / "ck", trainer.model, {"spec": trainer.model.spec(), "note": "x"},
+                    trainer.optimizer)
+    model, meta = load_model(tmp_path / "ck.json")
+    assert meta["note"] == "x"
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    eps = episode_list(trainer.data, "novel", EpisodeConfig(5, 1, 5, False), 10, 0)
+    trainer.model.eval()
+    assert np.array_equal(evaluate_episodes(trainer.model, trainer.data, eps, 5, 1),
+                          evaluate_episodes(model, trainer.data, eps, 5, 1))
+
+
+def test_corrupt_checkpoint_is_detected(small, fast_cfg, tmp_path):
+    trainer = Trainer(fast_cfg(), small)
+    save_checkpoint(tmp_path / "ck", trainer.model, {"spec": trainer.model.spec()})
+    weights = tmp_path / "ck.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="do not match the checksum"):
+        load_checkpoint(tmp_path / "ck.json")
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(small, fast_cfg, tmp_path, monkeypatch):
+    overrides = {"train.episodes": 30, "train.val_every": 10}
+    straight = Trainer(fast_cfg(**overrides, name="straight"), small)
+    straight.fit(progress=False)
+
+    crashing = Trainer(fast_cfg(**overrides, name="crashed"), small)
+    real_step = Trainer.train_step
+
+    def step_then_crash(self, step):
+        if step == 15:  # between the checkpoints at 10 and 20
+            raise KeyboardInterrupt
+        return real_step(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.fit(progress=False)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = Trainer(fast_cfg(**overrides, name="crashed"), small)
+    resumed.fit(resume=True, progress=False)
+    assert resumed.step == straight.step == 30
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in straight.history]
+    best_a = model_state(load_checkpoint(straight.run_dir / "best.json")[0])
+    best_b = model_state(load_checkpoint(resumed.run_dir / "best.json")[0])
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+
+
+def test_nan_loss_stops_with_the_step_and_checkpoint(small, fast_cfg):
+    trainer = Trainer(fast_cfg(), small)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"at step 0 .*last\.json"):
+        trainer.train_step(0)
+
+
+def test_distillation_step_runs_with_a_teacher(small, fast_cfg):
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
+    student = Trainer(fast_cfg(**{"name": "s", "distill.method": "srl", "distill.angle": 1.0}), small,
+                      teacher=teacher)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    logs = student.train_step(0)
+    assert {"rel", "dist", "angle", "srl", "ce"} <= set(logs) and logs["srl"] > 0
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items()), "teacher must not change"
+    # a text student learns from an image+text teacher the same way (the reverse direction)
+    text_student = Trainer(fast_cfg(**{"name": "ts", "model.modality": "text"}), small, teacher=teacher)
+    assert text_student.train_step(0)["srl"] > 0
+
+
+def test_device_data_mean_caption_embedding(small, fast_cfg):
+    trainer = Trainer(fast_cfg(**{"model.modality": "text"}), small)
+    data = DeviceData(small)
+    idx = torch.arange(4)
+    trainer.model.eval()
+    one = data.embed(trainer.model, idx)
+    mean = data.embed(trainer.model, idx, all_captions=True)
+    assert torch.allclose(one, mean, atol=1e-6)  # glyphs have one caption: the mean is that caption
