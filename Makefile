@@ -11,7 +11,7 @@ $(BIN)/cmkd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e .[dev]
+	$(BIN)/pip install -q -e .[dev,text]
 	touch $@
 
 demo: $(BIN)/cmkd

@@ -7,8 +7,13 @@ import torch
 
 from cmkd.config import DistillConfig
 from cmkd.losses.baselines import distill_weights
-from cmkd.losses.srl import (SRLWeights, angle_structure, distance_structure, relation_kl,
-                             spatial_relation_loss)
+from cmkd.losses.srl import (
+    SRLWeights,
+    angle_structure,
+    distance_structure,
+    relation_kl,
+    spatial_relation_loss,
+)
 
 STUDENT = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
 TEACHER = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 1.0]])

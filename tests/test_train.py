@@ -114,3 +114,13 @@ def test_device_data_mean_caption_embedding(small, fast_cfg):
     one = data.embed(trainer.model, idx)
     mean = data.embed(trainer.model, idx, all_captions=True)
     assert torch.allclose(one, mean, atol=1e-6)  # glyphs have one caption: the mean is that caption
+
+
+def test_teacher_with_minilm_text_encoder(small, fast_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("CMKD_CACHE", str(tmp_path / "cache"))
+    trainer = Trainer(fast_cfg(**{"model.modality": "image+text", "model.text_encoder": "minilm",
+                                  "model.fusion": "gated"}), small)
+    before = trainer.model.text_encoder.proj[0].weight.clone()
+    logs = trainer.train_step(0)
+    assert np.isfinite(logs["loss"])
+    assert not torch.equal(before, trainer.model.text_encoder.proj[0].weight)

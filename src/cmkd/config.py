@@ -64,6 +64,8 @@ class TrainConfig:
     gamma: float = 0.5
     val_every: int = 100
     val_episodes: int = 200
+    val_query: int = 15
+    channels_last: bool = True  # measured faster for Conv-4 on this CPU (DESIGN.md speed model)
     seed: int = 0
     threads: int = 0  # 0: all cores
 
@@ -77,6 +79,9 @@ class DistillConfig:
     rel: float = 1.0  # a: relation-distribution KL
     dist: float = 1.0  # b: scale-free pairwise-distance structure
     angle: float = 0.0  # c: angle structure
+    # 'clean': the teacher embeds un-augmented samples (all captions averaged), computed once and
+    # cached; 'same': it sees the student's augmented images and sampled captions every step
+    teacher_inputs: str = "clean"
 
 
 @dataclass
@@ -123,6 +128,7 @@ CHOICES = {
     "train.schedule": ("cosine", "step", "none"),
     "distill.method": ("none", "kd", "rkd", "srl"),
     "data.eval_captions": ("mean", "first"),
+    "distill.teacher_inputs": ("clean", "same"),
 }
 
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from cmkd.config import EpisodeConfig
 from cmkd.data.device import DeviceData
-from cmkd.eval.evaluate import episode_list, evaluate_episodes
+from cmkd.eval.evaluate import accuracy_per_episode, embed_samples, episode_list
 from cmkd.eval.stats import mean_ci, paired_difference
 from cmkd.runtime import git_commit
 
@@ -29,14 +29,14 @@ def compare(models: dict[str, torch.nn.Module], data: DeviceData, settings: Sequ
     result = {"dataset": ds.name, "split": split, "image_shape": list(ds.image_shape), "episodes": episodes,
               "seed": seed, "commit": git_commit(), "ci": "1.96 * std(ddof=1) / sqrt(episodes)",
               "settings": []}
-    jobs = [(s, name) for s in settings for name in models]
-    bar = tqdm(total=len(jobs), desc="evaluate", disable=not progress, unit="run", leave=False)
-    for setting in settings:
-        eps = episode_list(data, split, setting, episodes, seed)
-        accs = {}
-        for name, model in models.items():
-            accs[name] = evaluate_episodes(model, data, eps, setting.way, setting.shot, all_captions)
-            bar.update(1)
+    lists = [episode_list(data, split, s, episodes, seed) for s in settings]
+    needed = np.unique(np.concatenate([e.ravel() for e in lists]))
+    embedded = {}
+    for name, model in tqdm(models.items(), desc="embed", disable=not progress, unit="model", leave=False):
+        embedded[name] = embed_samples(model, data, needed, all_captions)  # once per model, every setting
+    for setting, eps in zip(settings, lists):
+        accs = {name: accuracy_per_episode(model, embedded[name], eps, setting.way, setting.shot)
+                for name, model in models.items()}
         entry = {"way": setting.way, "shot": setting.shot, "query": setting.query,
                  "fine_grained": setting.fine_grained, "label": setting.label(),
                  "methods": {n: vars(mean_ci(a)) for n, a in accs.items()},
@@ -46,7 +46,6 @@ def compare(models: dict[str, torch.nn.Module], data: DeviceData, settings: Sequ
                 p = paired_difference(accs[a], accs[b])
                 entry["paired"][f"{a} - {b}"] = {"mean": p.diff.mean, "ci95": p.diff.ci95, "t": p.t, "p": p.p}
         result["settings"].append(entry)
-    bar.close()
     return result
 
 

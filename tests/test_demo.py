@@ -1,0 +1,25 @@
+"""The demo pipeline end to end, in its quick mode (a smoke test of every stage)."""
+
+import json
+
+from cmkd.cli import main
+
+
+def test_quick_demo_writes_report_plots_and_results(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "student + SRL" in printed and "paired" in printed
+    result = json.loads((out / "results.json").read_text())
+    names = set(result["settings"][0]["methods"])
+    assert names == {"teacher (image+text)", "student", "student + SRL", "student + KD", "student + RKD"}
+    labels = [s["label"] for s in result["settings"]]
+    assert labels == ["5-way 1-shot", "5-way 5-shot", "5-way 1-shot fine-grained", "5-way 5-shot fine-grained"]
+    for s in result["settings"]:
+        lengths = {len(v) for v in s["per_episode"].values()}
+        assert lengths == {result["episodes"]}, "every method scored on the same episodes"
+        assert "student + SRL - student" in s["paired"]
+    report = (out / "report.md").read_text()
+    assert "Quick mode" in report and "val_curves.png" in report and "relations.png" in report
+    for png in ("val_curves.png", "relations.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
