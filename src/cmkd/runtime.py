@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@lru_cache(maxsize=1)
 def git_commit() -> str:
     """The commit of the cmkd source tree, or 'unknown' outside a git checkout."""
     try:

@@ -167,9 +167,10 @@ class Trainer:
             loss = ce + cfg.distill.weight * terms["srl"]
             logs.update({k: v.item() for k, v in terms.items()})
         if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at step {step} (episode {step * cfg.train.episodes_per_step}); "
-                f"the last good checkpoint is {self.run_dir / 'last.json'}; lower train.lr and resume")
+            last = self.run_dir / "last.json"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise TrainingDiverged(f"loss became {loss.item()} at step {step} (episode "
+                                   f"{step * cfg.train.episodes_per_step}); {kept}; lower train.lr and resume")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
