@@ -1,5 +1,7 @@
 """Training: learning happens, checkpoints round-trip, and resume is exact."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,13 @@ import torch
 from cmkd.config import EpisodeConfig
 from cmkd.data.device import DeviceData
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
-from cmkd.train.checkpoint import CheckpointError, load_checkpoint, model_state, save_checkpoint
+from cmkd.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_latest_good,
+    model_state,
+    save_checkpoint,
+)
 from cmkd.train.loop import Trainer, TrainingDiverged, load_model
 
 
@@ -47,13 +55,30 @@ def test_checkpoint_round_trip(small, fast_cfg, tmp_path):
                           evaluate_episodes(model, trainer.data, eps, 5, 1))
 
 
-def test_corrupt_checkpoint_is_detected(small, fast_cfg, tmp_path):
+def test_corrupt_checkpoint_is_detected_and_the_previous_one_used(small, fast_cfg, tmp_path):
     trainer = Trainer(fast_cfg(), small)
-    save_checkpoint(tmp_path / "ck", trainer.model, {"spec": trainer.model.spec()})
-    weights = tmp_path / "ck.safetensors"
+    save_checkpoint(tmp_path / "ck", trainer.model, {"spec": trainer.model.spec(), "step": 1})
+    trainer.train_step(0)
+    save_checkpoint(tmp_path / "ck", trainer.model, {"spec": trainer.model.spec(), "step": 2})
+    assert len(list(tmp_path.glob("ck-*.safetensors"))) == 2  # the current and the previous one
+    weights = tmp_path / json.loads((tmp_path / "ck.json").read_text())["weights_file"]
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match="do not match the checksum"):
         load_checkpoint(tmp_path / "ck.json")
+    with pytest.warns(UserWarning, match="falling back to the previous checkpoint"):
+        _, meta, used = load_latest_good(tmp_path / "ck.json")
+    assert meta["step"] == 1 and used.name == "ck.prev.json"
+    (tmp_path / "ck.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        load_checkpoint(tmp_path / "ck.json")
+
+
+def test_old_weight_files_are_removed(small, fast_cfg, tmp_path):
+    trainer = Trainer(fast_cfg(), small)
+    for step in range(4):
+        trainer.train_step(step)
+        save_checkpoint(tmp_path / "ck", trainer.model, {"spec": trainer.model.spec()})
+    assert len(list(tmp_path.glob("ck-*.safetensors"))) == 2
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(small, fast_cfg, tmp_path, monkeypatch):

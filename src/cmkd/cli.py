@@ -1,4 +1,4 @@
-"""The ``cmkd`` command line: train, distill, evaluate, datasets, demo."""
+"""The ``cmkd`` command line: train, distill, evaluate, predict, datasets, demo."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from cmkd.config import Config, ConfigError, DataConfig, EpisodeConfig, load_config
+from cmkd.data.images import ImageError
 from cmkd.train.checkpoint import CheckpointError
 
 
@@ -83,6 +86,54 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"\nresults: {out}")
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    from cmkd.data.images import IMAGE_SUFFIXES, ImageError
+    from cmkd.predict import OneShotClassifier, captions_beside, read_support_folder
+    from cmkd.runtime import configure_cpu, pick_device
+
+    configure_cpu()
+    clf = OneShotClassifier.load(args.model, pick_device(args.device))
+    support, labels = read_support_folder(args.support)
+    queries: list[Path] = []
+    for q in args.query:
+        if q.is_dir():
+            queries += [f for f in sorted(q.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        else:
+            queries.append(q)
+    if not queries:
+        raise ImageError(f"no query images found in {', '.join(map(str, args.query))}")
+    texts = None
+    if clf.needs_text:
+        texts = [captions_beside(p) for p in [*support, *queries]]
+        missing = [str(p) for p, t in zip([*support, *queries], texts) if not t]
+        if missing:
+            raise ValueError(f"{args.model} is a {clf.model.cfg.modality} model and needs a caption for every "
+                             f"image; no <stem>.txt beside: {', '.join(missing[:3])}"
+                             f"{' ...' if len(missing) > 3 else ''}. Use a student checkpoint for images alone")
+    clf.fit(support, labels, texts[: len(support)] if texts else None)
+    probs = clf.predict_proba(queries, texts[len(support):] if texts else None)
+    rows, hits = [], []
+    for path, p in zip(queries, probs):
+        pred = clf.classes[int(p.argmax())]
+        truth = path.parent.name if path.parent.name in clf.classes else None
+        if truth is not None:
+            hits.append(pred == truth)
+        rows.append({"query": str(path), "predicted": pred, "label": truth,
+                     "probabilities": {c: round(float(v), 4) for c, v in zip(clf.classes, p)}})
+    accuracy = float(np.mean(hits)) if hits else None
+    if args.json:
+        print(json.dumps({"model": str(args.model), "classes": clf.classes, "support_images": len(support),
+                          "predictions": rows, "labelled_queries": len(hits), "accuracy": accuracy}, indent=1))
+        return
+    for r in rows:
+        top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+        mark = "" if r["label"] is None else ("  ✓" if r["predicted"] == r["label"] else f"  ✗ (is {r['label']})")
+        print(f"{r['query']}: {r['predicted']}  [" + ", ".join(f"{c} {v:.2f}" for c, v in top) + f"]{mark}")
+    if hits:
+        print(f"accuracy {100 * accuracy:.1f}% over {len(hits)} labelled queries "
+              f"({len(clf.classes)} classes, {len(support)} support images)")
+
+
 def cmd_datasets(args: argparse.Namespace) -> None:
     from cmkd.data.formats.glyphs import glyph_manifest
 
@@ -144,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.set_defaults(func=cmd_evaluate)
 
+    pr = sub.add_parser("predict", help="classify query images from one (or K) labelled examples per class")
+    pr.add_argument("--model", required=True, type=Path, help="student run directory or checkpoint")
+    pr.add_argument("--support", required=True, type=Path, help="DIR/<class>/<image>: the labelled examples")
+    pr.add_argument("--query", required=True, type=Path, nargs="+",
+                    help="images or folders; a query inside a folder named like a class counts toward accuracy")
+    pr.add_argument("--json", action="store_true", help="machine-readable output")
+    pr.add_argument("--device")
+    pr.set_defaults(func=cmd_predict)
+
     ds = sub.add_parser("datasets", help="list available datasets with counts")
     ds.add_argument("--json", action="store_true")
     ds.set_defaults(func=cmd_datasets)
@@ -160,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError, ImageError) as err:
         print(f"cmkd {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # bad episode settings and the like, raised with a message that names the fix

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,15 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None) -> Path:
-    """Write ``path.safetensors`` then ``path.json`` (each atomically); returns the JSON path."""
+    """Write a checkpoint whose JSON file is the commit point; returns the JSON path.
+
+    The tensors go to a new ``<stem>-<digest>.safetensors``; then the previous ``<stem>.json``
+    becomes ``<stem>.prev.json`` and the new JSON takes its place (each step atomic). A kill at
+    any moment leaves ``<stem>.json`` or ``<stem>.prev.json`` naming complete weights.
+    """
     base = Path(path)
+    if base.suffix == ".json":
+        base = base.with_suffix("")
     base.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = dict(meta)
@@ -70,38 +78,68 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict[str, An
         opt_tensors, opt_plain = flatten_optimizer(optimizer.state_dict())
         tensors.update(opt_tensors)
         meta["optimizer"] = opt_plain
-    weights = base.with_suffix(".safetensors")
-    _atomic_write_bytes(weights, lambda tmp: save_file(tensors, str(tmp)))
-    meta["weights_sha256"] = _sha256(weights)
+    scratch = base.with_name(f".{base.name}.new.safetensors")
+    _atomic_write_bytes(scratch, lambda tmp: save_file(tensors, str(tmp)))
+    digest = _sha256(scratch)
+    weights = base.with_name(f"{base.name}-{digest[:16]}.safetensors")
+    os.replace(scratch, weights)
+    meta["weights_sha256"] = digest
     meta["weights_file"] = weights.name
-    info = base.with_suffix(".json")
+    info, prev = base.with_suffix(".json"), base.with_name(base.name + ".prev.json")
+    if info.exists():
+        os.replace(info, prev)
     _atomic_write_bytes(info, lambda tmp: tmp.write_text(json.dumps(meta, indent=1, default=str)))
+    _drop_unreferenced(base, keep={weights.name, _weights_named_by(prev)})
     return info
+
+
+def _weights_named_by(info: Path) -> str | None:
+    try:
+        return json.loads(info.read_text()).get("weights_file")
+    except (OSError, ValueError):
+        return None
+
+
+def _drop_unreferenced(base: Path, keep: set[str | None]) -> None:
+    for f in base.parent.glob(f"{base.name}-*.safetensors"):
+        if f.name not in keep:
+            f.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and metadata of a checkpoint, after checking the tensor file's checksum.
 
-    ``path`` may be the ``.json``, the ``.safetensors`` or the common stem.
+    ``path`` is the checkpoint's ``.json`` file or its stem (``runs/x/best``).
     """
-    base = Path(path)
-    if base.suffix in (".json", ".safetensors"):
-        base = base.with_suffix("")
-    info = base.with_suffix(".json")
+    info = Path(path)
+    if info.suffix != ".json":
+        info = info.with_name(info.name + ".json")
     if not info.exists():
         raise CheckpointError(f"checkpoint {info} does not exist")
     try:
         meta = json.loads(info.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint metadata {info} is corrupt ({err}); delete it or use an "
-                              "earlier checkpoint") from None
-    weights = info.with_name(meta.get("weights_file", base.name + ".safetensors"))
+        weights = info.with_name(meta["weights_file"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint metadata {info} is corrupt ({err!r}); use an earlier checkpoint") from None
     if not weights.exists():
-        raise CheckpointError(f"checkpoint weights {weights} are missing")
+        raise CheckpointError(f"checkpoint weights {weights} named by {info.name} are missing")
     if _sha256(weights) != meta.get("weights_sha256"):
         raise CheckpointError(f"checkpoint weights {weights} do not match the checksum in {info.name}: the "
                               "file is truncated or was altered; use an earlier checkpoint")
     return load_file(str(weights)), meta
+
+
+def load_latest_good(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
+    """The checkpoint at ``path`` or, when it is damaged, the previous one kept beside it."""
+    info = Path(path)
+    prev = info.with_name(info.stem + ".prev.json")
+    try:
+        return (*load_checkpoint(info), info)
+    except CheckpointError as err:
+        if not prev.exists():
+            raise
+        warnings.warn(f"{err}; falling back to the previous checkpoint {prev}", stacklevel=2)
+        return (*load_checkpoint(prev), prev)
 
 
 def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

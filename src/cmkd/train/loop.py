@@ -31,7 +31,12 @@ from cmkd.losses.baselines import distill_weights
 from cmkd.losses.srl import spatial_relation_loss
 from cmkd.models.fewshot import FewShotModel
 from cmkd.runtime import configure_cpu, git_commit
-from cmkd.train.checkpoint import load_checkpoint, model_state, save_checkpoint, unflatten_optimizer
+from cmkd.train.checkpoint import (
+    load_latest_good,
+    model_state,
+    save_checkpoint,
+    unflatten_optimizer,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -54,7 +59,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Fe
     path = Path(path)
     if path.is_dir():
         path = path / "best.json"
-    tensors, meta = load_checkpoint(path)
+    tensors, meta, _ = load_latest_good(path)
     model = FewShotModel.from_spec(meta["spec"])
     model.load_state_dict(model_state(tensors))
     model = model.to(device)
@@ -198,9 +203,11 @@ class Trainer:
     def resume(self) -> bool:
         """Continue from ``run_dir/last`` if it exists; returns whether it did."""
         path = self.run_dir / "last.json"
-        if not path.exists():
+        if not path.exists() and not (self.run_dir / "last.prev.json").exists():
             return False
-        tensors, meta = load_checkpoint(path)
+        tensors, meta, used = load_latest_good(path)
+        if used != path:
+            tqdm.write(f"{path} is damaged; resuming from the previous checkpoint {used}")
         if meta["spec"] != self.model.spec():
             raise ValueError(f"{path} was trained with another model or vocabulary; start a new run name "
                              "(name=...) or delete the run directory")

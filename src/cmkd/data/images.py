@@ -1,0 +1,83 @@
+"""Reading user images safely: every failure is an :class:`ImageError` naming the file and the fix.
+
+Conversions (documented, never silent failures): EXIF orientation is applied; 16-bit and
+32-bit grey images are scaled to 8 bits; CMYK, palette and grey images are converted to the
+model's channels; transparency is composited over black (the glyph convention: light ink on a
+dark ground). Images are resized so the shorter side fits, then centre-cropped square.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, with a message naming the file and the fix."""
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = arr.max()
+        scale = 255.0 / (65535.0 if img.mode.startswith("I;16") or top > 255 else max(top, 1.0))
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
+    return img
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        ground = Image.new(img.mode, img.size, (0,) * len(img.mode))
+        img = Image.alpha_composite(ground.convert("RGBA"), img.convert("RGBA"))
+    return img
+
+
+def load_image(path: str | Path, channels: int, size: int) -> np.ndarray:
+    """``path`` as uint8 ``[channels, size, size]``; raises :class:`ImageError` on any bad input."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path} does not exist; check the path")
+    if path.is_dir():
+        raise ImageError(f"{path} is a directory, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path} is empty (0 bytes); replace or remove it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"{path} is too large to decode safely ({err}); downscale it first") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path} is not an image Pillow can read (expected one of "
+                         f"{', '.join(IMAGE_SUFFIXES)}); remove it or convert it") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{path} is truncated or corrupt ({err}); replace or remove it") from None
+    img = _flatten_alpha(_to_8bit(img))
+    img = img.convert("L" if channels == 1 else "RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
+
+
+def read_caption_file(path: Path) -> list[str]:
+    """Non-empty lines of a caption file; U+FFFD and stray bytes are cleaned, not fatal."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        warnings.warn(f"{path} is not valid UTF-8; undecodable bytes were dropped", stacklevel=2)
+    lines = [" ".join(line.replace("\ufffd", " ").split()) for line in text.splitlines()]
+    return [line for line in lines if line]

@@ -1,0 +1,129 @@
+"""One-shot inference: a trained student classifies new images from a few labelled examples.
+
+    clf = OneShotClassifier.load("runs/demo/student_SRL")
+    clf.fit(["support/a/1.png", "support/b/1.png"], ["a", "b"])
+    clf.predict(["query.png"])            # -> ["a"]
+
+The student needs no text. A teacher (image+text) checkpoint is refused unless a caption is
+given for every image (``texts=``; on the command line, a ``<image stem>.txt`` beside it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmkd.data.augment import to_float
+from cmkd.data.images import ImageError, load_image, read_caption_file
+from cmkd.train.loop import load_model
+
+Captions = str | Sequence[str]  # one caption, or several whose embeddings are averaged
+
+
+class OneShotClassifier:
+    """A few-shot model plus the support set it classifies against."""
+
+    def __init__(self, model: torch.nn.Module, meta: dict) -> None:
+        self.model, self.meta = model.eval(), meta
+        self.classes: list[str] = []
+        self._support: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> OneShotClassifier:
+        model, meta = load_model(path, device)
+        return cls(model, meta)
+
+    @property
+    def needs_text(self) -> bool:
+        return self.model.uses_text
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _check_text(self, n: int, texts: Sequence[Captions] | None) -> None:
+        if self.needs_text and (texts is None or len(texts) != n or any(not t for t in texts)):
+            raise ValueError(f"this checkpoint sees '{self.model.cfg.modality}': it needs a caption for every "
+                             "image (texts=..., or a <image stem>.txt beside each file); for captions-free "
+                             "prediction use a student checkpoint")
+
+    @torch.no_grad()
+    def _embed(self, images: Sequence[str | Path | np.ndarray], texts: Sequence[Captions] | None) -> torch.Tensor:
+        self._check_text(len(images), texts)
+        m = self.model
+        x = None
+        if m.uses_image:
+            arrays = [img if isinstance(img, np.ndarray) else load_image(img, m.in_channels, m.image_size)
+                      for img in images]
+            x = to_float(torch.from_numpy(np.stack(arrays)).to(self.device))
+        if not m.uses_text:
+            return m.embed(x)
+        caps = [[t] if isinstance(t, str) else list(t) for t in texts]  # several captions: mean embedding
+        width = max(len(c) for c in caps)
+        flat = [c[i] if i < len(c) else c[0] for c in caps for i in range(width)]
+        text = m.text_encoder.prepare(flat).to(self.device)
+        text = text.view(len(caps), width, *text.shape[1:])
+        mask = torch.tensor([[i < len(c) for i in range(width)] for c in caps], device=self.device)
+        return m.embed(x, text, mask)
+
+    def fit(self, images: Sequence[str | Path | np.ndarray], labels: Sequence[str],
+            texts: Sequence[Captions] | None = None) -> OneShotClassifier:
+        """Set the support set: one or more labelled images per class, at least two classes."""
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} support images but {len(labels)} labels")
+        self.classes = sorted(set(labels))
+        if len(self.classes) < 2:
+            raise ValueError(f"the support set has {len(self.classes)} class(es); one-shot classification needs "
+                             "at least 2 (one folder per class)")
+        self._support = self._embed(images, texts)
+        self._labels = torch.tensor([self.classes.index(lab) for lab in labels], device=self.device)
+        return self
+
+    @torch.no_grad()
+    def predict_proba(self, images: Sequence[str | Path | np.ndarray],
+                      texts: Sequence[Captions] | None = None) -> np.ndarray:
+        """``[len(images), len(classes)]`` class probabilities (softmax of the head's scores)."""
+        if self._support is None:
+            raise RuntimeError("call fit(support_images, labels) before predicting")
+        query = self._embed(images, texts)
+        scores = self.model.head(self._support[None], self._labels[None], query[None], len(self.classes))[0]
+        return torch.softmax(scores.float(), -1).cpu().numpy()
+
+    def predict(self, images: Sequence[str | Path | np.ndarray], texts: Sequence[Captions] | None = None) -> list[str]:
+        return [self.classes[i] for i in self.predict_proba(images, texts).argmax(1)]
+
+
+def read_support_folder(root: str | Path) -> tuple[list[Path], list[str]]:
+    """``root/<class>/<image>`` -> image paths and class names (caption ``.txt`` files skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageError(f"support folder {root} does not exist or is not a directory; expected "
+                         "DIR/<class>/<image> with one folder per class")
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    seen: dict[str, str] = {}
+    for d in dirs:
+        if d.name.casefold() in seen:
+            raise ImageError(f"class folders '{seen[d.name.casefold()]}' and '{d.name}' in {root} differ only in "
+                             "case; merge or rename one")
+        seen[d.name.casefold()] = d.name
+    paths, labels = [], []
+    for d in dirs:
+        files = [f for f in sorted(d.iterdir()) if f.is_file() and not f.name.startswith(".")
+                 and f.suffix.lower() != ".txt"]
+        if not files:
+            raise ImageError(f"class folder {d} has no images; add at least one or remove the folder")
+        paths += files
+        labels += [d.name] * len(files)
+    if len({*labels}) < 2:
+        raise ImageError(f"{root} holds {len({*labels})} class folder(s); one-shot classification needs at least 2")
+    return paths, labels
+
+
+def captions_beside(path: Path) -> list[str]:
+    """The captions (one per line) in ``<image stem>.txt`` next to an image; [] when absent."""
+    txt = path.with_suffix(".txt")
+    return read_caption_file(txt) if txt.exists() else []
