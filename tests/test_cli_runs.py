@@ -37,4 +37,4 @@ def test_distill_refuses_a_one_modality_teacher(tmp_path, capsys):
 
 def test_evaluate_a_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nothing")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "neither a run directory nor a checkpoint" in capsys.readouterr().err

@@ -107,7 +107,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         texts = [captions_beside(p) for p in [*support, *queries]]
         missing = [str(p) for p, t in zip([*support, *queries], texts) if not t]
         if missing:
-            raise ValueError(f"{args.model} is a {clf.model.cfg.modality} model and needs a caption for every "
+            raise ValueError(f"{args.model} sees {clf.model.cfg.modality} and needs a caption for every "
                              f"image; no <stem>.txt beside: {', '.join(missing[:3])}"
                              f"{' ...' if len(missing) > 3 else ''}. Use a student checkpoint for images alone")
     clf.fit(support, labels, texts[: len(support)] if texts else None)

@@ -8,6 +8,7 @@ validation curves and the teacher's vs the students' relation matrices.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -45,7 +46,8 @@ BASELINES = ("student + KD", "student + RKD")
 
 
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_").replace("__", "_")
+    """'student + SRL' -> 'student_SRL' (the run's directory name)."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_")
 
 
 def run_demo(out: Path = Path("runs/demo"), quick: bool = False, with_baselines: bool = True,

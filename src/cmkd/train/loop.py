@@ -32,6 +32,7 @@ from cmkd.losses.srl import spatial_relation_loss
 from cmkd.models.fewshot import FewShotModel
 from cmkd.runtime import configure_cpu, git_commit
 from cmkd.train.checkpoint import (
+    CheckpointError,
     load_latest_good,
     model_state,
     save_checkpoint,
@@ -59,6 +60,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Fe
     path = Path(path)
     if path.is_dir():
         path = path / "best.json"
+    elif path.suffix != ".json":
+        raise CheckpointError(f"{path} is neither a run directory nor a checkpoint .json file")
     tensors, meta, _ = load_latest_good(path)
     model = FewShotModel.from_spec(meta["spec"])
     model.load_state_dict(model_state(tensors))
