@@ -8,6 +8,7 @@ import pytest
 
 fontTools = pytest.importorskip("fontTools", reason="the dev extra brings fontTools")
 from cmkd.data.formats import glyph_builder as gb  # noqa: E402
+from cmkd.data.splits import split_by_group  # noqa: E402
 
 FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 LATIN = gb.letters_of_blocks([gb.BLOCKS["Basic Latin"], gb.BLOCKS["Latin-1 Supplement"],
@@ -98,9 +99,9 @@ def test_glyphs_are_centred_and_never_clipped():
 
 def test_split_by_group_is_seeded_and_group_disjoint():
     groups = [f"g{i // 3}" for i in range(60)] + [f"big{i // 6}" for i in range(60)]
-    a = gb.split_by_group(groups, (0.6, 0.2, 0.2), seed=0)
-    assert a == gb.split_by_group(groups, (0.6, 0.2, 0.2), seed=0)
-    assert a != gb.split_by_group(groups, (0.6, 0.2, 0.2), seed=1)
+    a = split_by_group(groups, (0.6, 0.2, 0.2), seed=0)
+    assert a == split_by_group(groups, (0.6, 0.2, 0.2), seed=0)
+    assert a != split_by_group(groups, (0.6, 0.2, 0.2), seed=1)
     assert sorted(sum(a.values(), [])) == list(range(120))
     owner = {}
     for split, classes in a.items():

@@ -1,4 +1,4 @@
-"""The ``cmkd`` command line: train, distill, evaluate, predict, datasets, demo."""
+"""The ``cmkd`` command line: prepare, datasets, train, distill, evaluate, predict, demo."""
 
 from __future__ import annotations
 
@@ -134,21 +134,57 @@ def cmd_predict(args: argparse.Namespace) -> None:
               f"({len(clf.classes)} classes, {len(support)} support images)")
 
 
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from cmkd.data.cache import prepare
+    from cmkd.data.formats.cub import list_cub
+    from cmkd.data.formats.flowers import list_flowers
+    from cmkd.data.formats.folder import list_folder
+    from cmkd.data.registry import data_home
+
+    if args.format == "cub":
+        listing = list_cub(args.root, args.captions, args.crop, args.split_file, args.skip_bad)
+    elif args.format == "flowers":
+        listing = list_flowers(args.root, args.captions, args.split_file, seed=args.seed)
+    else:
+        if args.captions or args.crop or args.split_file:
+            raise ValueError("the folder format keeps captions, splits.json and groups.json inside --root; "
+                             "drop --captions/--crop/--split-file")
+        listing = list_folder(args.root, seed=args.seed)
+    out = args.out or data_home() / (args.name or f"{args.format}_{args.size}")
+    for w in listing.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    folder, built = prepare(listing, out, args.size, args.channels, args.workers, args.skip_bad)
+    meta = json.loads((folder / "meta.json").read_text())
+    state = "prepared" if built else "already up to date (inputs unchanged)"
+    print(f"{folder}: {state}; {meta['images']} images, {len(meta['classes'])} classes, splits "
+          f"{ {k: len(v) for k, v in meta['splits'].items()} }, {len(meta['skipped_bad'])} bad image(s) skipped")
+    for bad in meta["skipped_bad"]:
+        print(f"  skipped: {bad}")
+
+
 def cmd_datasets(args: argparse.Namespace) -> None:
+    from cmkd.data.cache import load_prepared
     from cmkd.data.formats.glyphs import glyph_manifest
+    from cmkd.data.registry import data_home, prepared_datasets
 
     m = glyph_manifest()
     c = m["counts"]
-    info = {"glyphs": {"classes": c["classes"], "images": c["images"], "faces": c["faces"],
-                       "sizes": m["sizes"], "renderings_per_class": c["renderings_per_class"],
-                       "groups": c["groups"], "splits": c["split_classes"], "caption_coverage": 1.0}}
+    info = {"glyphs": {"classes": c["classes"], "images": c["images"], "sizes": m["sizes"],
+                       "groups": c["groups"], "splits": c["split_classes"], "caption_coverage": 1.0,
+                       "note": f"embedded; {c['faces']} font faces, renderings per class {c['renderings_per_class']}"}}
+    for name, folder, meta in prepared_datasets():
+        s = load_prepared(folder).summary()
+        info[name] = {"classes": s["classes"], "images": s["images"], "sizes": [meta["size"]], "groups": s["groups"],
+                      "splits": s["splits"], "caption_coverage": s["caption_coverage"],
+                      "note": f"{meta['format']} at {folder}, {len(meta['skipped_bad'])} bad images skipped"}
     if args.json:
         print(json.dumps(info, indent=1))
         return
     for name, d in info.items():
-        print(f"{name}: {d['classes']} classes, {d['images']} images ({d['faces']} font faces), sizes {d['sizes']}, "
-              f"renderings per class {d['renderings_per_class']}, {d['groups']} groups, splits {d['splits']}, "
-              f"captions on {100 * d['caption_coverage']:.0f}% of images")
+        print(f"{name}: {d['classes']} classes, {d['images']} images, sizes {d['sizes']}, {d['groups']} groups, "
+              f"splits {d['splits']}, captions on {100 * d['caption_coverage']:.0f}% of images ({d['note']})")
+    if len(info) == 1:
+        print(f"(no prepared datasets in {data_home()}; `cmkd prepare` makes one)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -203,6 +239,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.add_argument("--device")
     pr.set_defaults(func=cmd_predict)
+
+    pp = sub.add_parser("prepare", help="decode a dataset once into the cache that training loads")
+    pp.add_argument("format", choices=["cub", "flowers", "folder"])
+    pp.add_argument("--root", required=True, type=Path, help="CUB_200_2011/, the Oxford-102 folder, or ROOT/<class>/")
+    pp.add_argument("--captions", type=Path, help="caption tree (Reed et al.'s text_c10/) for cub and flowers")
+    pp.add_argument("--size", type=int, default=84, help="square image side after resizing (default 84)")
+    pp.add_argument("--channels", type=int, choices=[1, 3], default=3)
+    pp.add_argument("--crop", action="store_true", help="cub: crop to the bounding box first")
+    pp.add_argument("--split-file", type=Path, help="class splits as JSON {base: [...], ...} or CSV class,split")
+    pp.add_argument("--seed", type=int, default=0, help="seed of fraction splits (flowers, folder)")
+    pp.add_argument("--name", help="dataset name under $CMKD_DATA (default <format>_<size>)")
+    pp.add_argument("--out", type=Path, help="explicit output folder (overrides --name)")
+    pp.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
+    pp.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    pp.set_defaults(func=cmd_prepare)
 
     ds = sub.add_parser("datasets", help="list available datasets with counts")
     ds.add_argument("--json", action="store_true")

@@ -28,6 +28,7 @@ class FewShotDataset:
     captions: list[tuple[str, ...]]
     splits: dict[str, list[int]]
     meta: dict = field(default_factory=dict)
+    files: list[str] | None = None  # where each sample came from, for messages
 
     def __post_init__(self) -> None:
         n = len(self.labels)

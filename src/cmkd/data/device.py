@@ -29,7 +29,8 @@ class DeviceData:
         encoder = model.text_encoder
         key = id(encoder)
         if key not in self._tables:
-            self._tables[key] = CaptionTable.build(self.dataset.captions, encoder.prepare).to(self.device)
+            self._tables[key] = CaptionTable.build(self.dataset.captions, encoder.prepare,
+                                                   self.dataset.files).to(self.device)
         return self._tables[key]
 
     def images_for(self, idx: torch.Tensor, augment: bool = False, generator: torch.Generator | None = None,

@@ -39,8 +39,12 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(path: str | Path, channels: int, size: int) -> np.ndarray:
-    """``path`` as uint8 ``[channels, size, size]``; raises :class:`ImageError` on any bad input."""
+def load_image(path: str | Path, channels: int, size: int,
+               box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """``path`` as uint8 ``[channels, size, size]``; raises :class:`ImageError` on any bad input.
+
+    ``box`` = (x, y, width, height) in pixels crops the image first (CUB's bounding boxes).
+    """
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path} does not exist; check the path")
@@ -61,6 +65,10 @@ def load_image(path: str | Path, channels: int, size: int) -> np.ndarray:
                          f"{', '.join(IMAGE_SUFFIXES)}); remove it or convert it") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path} is truncated or corrupt ({err}); replace or remove it") from None
+    if box is not None:
+        x, y, w, h = box
+        img = img.crop((max(0, int(x)), max(0, int(y)), min(img.width, int(np.ceil(x + w))),
+                        min(img.height, int(np.ceil(y + h)))))
     img = _flatten_alpha(_to_8bit(img))
     img = img.convert("L" if channels == 1 else "RGB")
     w, h = img.size

@@ -1,12 +1,43 @@
-"""Which datasets exist and how to load one by name."""
+"""Which datasets exist and how to load one by name: the embedded glyphs or a prepared cache.
+
+Prepared datasets live in ``$CMKD_DATA`` (default ``~/.cache/cmkd/datasets``) under the name
+given to ``cmkd prepare --name`` (default ``<format>_<size>``), or anywhere, named by path.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 from cmkd.config import ConfigError, DataConfig
+from cmkd.data.cache import load_prepared
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.formats.glyphs import load_glyphs
 
-AVAILABLE = ("glyphs",)
+
+def data_home() -> Path:
+    return Path(os.environ.get("CMKD_DATA", Path.home() / ".cache" / "cmkd" / "datasets"))
+
+
+def resolve(name: str) -> Path | None:
+    """The folder of a prepared dataset given by path or by name in :func:`data_home`."""
+    for candidate in (Path(name), data_home() / name):
+        if (candidate / "meta.json").exists():
+            return candidate
+    return None
+
+
+def prepared_datasets() -> list[tuple[str, Path, dict]]:
+    home = data_home()
+    if not home.is_dir():
+        return []
+    out = []
+    for d in sorted(home.iterdir()):
+        meta = d / "meta.json"
+        if meta.exists():
+            out.append((d.name, d, json.loads(meta.read_text())))
+    return out
 
 
 def load_dataset(cfg: DataConfig) -> FewShotDataset:
@@ -16,5 +47,13 @@ def load_dataset(cfg: DataConfig) -> FewShotDataset:
             return load_glyphs(cfg.image_size)
         except ValueError as err:
             raise ConfigError(f"data.image_size: {err}") from None
-    raise ConfigError(f"data.dataset={cfg.dataset!r} is not available; choose one of {', '.join(AVAILABLE)} "
-                      "(prepared CUB, Flowers and image-folder caches are not implemented yet)")
+    folder = resolve(cfg.dataset)
+    if folder is None:
+        names = ["glyphs", *[n for n, _, _ in prepared_datasets()]]
+        raise ConfigError(f"data.dataset={cfg.dataset!r} is neither 'glyphs' nor a prepared dataset (by path or in "
+                          f"{data_home()}); available: {', '.join(names)}. Run `cmkd prepare` first")
+    ds = load_prepared(folder)
+    if ds.image_shape[1] != cfg.image_size:
+        raise ConfigError(f"data.image_size={cfg.image_size} but {folder} was prepared at {ds.image_shape[1]}; "
+                          f"set data.image_size={ds.image_shape[1]} or prepare again with --size {cfg.image_size}")
+    return ds

@@ -74,14 +74,16 @@ class CaptionTable:
     counts: torch.Tensor
 
     @classmethod
-    def build(cls, captions: Sequence[tuple[str, ...]], prepare: Callable[[list[str]], torch.Tensor]
-              ) -> CaptionTable:
+    def build(cls, captions: Sequence[tuple[str, ...]], prepare: Callable[[list[str]], torch.Tensor],
+              names: Sequence[str] | None = None) -> CaptionTable:
         index: dict[str, int] = {}
         rows = []
         for i, caps in enumerate(captions):
             if not caps:
-                raise ValueError(f"sample {i} has no caption; every sample needs at least one for the text "
-                                 "modality (or train with model.modality=image)")
+                missing = sum(1 for c in captions if not c)
+                raise ValueError(f"{names[i] if names else f'sample {i}'} has no caption ({missing} sample(s) lack "
+                                 "one); the text modality needs a caption for every image: add the caption "
+                                 "files, or train with model.modality=image")
             rows.append([index.setdefault(c, len(index)) for c in caps])
         width = max(len(r) for r in rows)
         table = torch.full((len(rows), width), -1, dtype=torch.long)

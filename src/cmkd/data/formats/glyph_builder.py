@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from cmkd.data.splits import split_by_group
+
 BLOCKS: dict[str, tuple[int, int]] = {
     "Basic Latin": (0x0000, 0x007F),
     "Latin-1 Supplement": (0x0080, 0x00FF),
@@ -411,35 +413,6 @@ def duplicate_faces(renders: Sequence[dict[int, np.ndarray]], faces: Sequence[Fa
             if common and np.mean(same) > share:
                 drop.add(b)
     return drop
-
-
-def split_by_group(
-    groups: Sequence[str], fractions: tuple[float, float, float], seed: int, rich: int = 5
-) -> dict[str, list[int]]:
-    """Seeded base/val/novel split of classes in which every group lies in one split.
-
-    Groups with at least ``rich`` classes (those that make fine-grained episodes) are
-    shuffled and dealt separately from the rest, so every split gets some of them.
-    """
-    rng = np.random.default_rng(seed)
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    split: dict[str, list[int]] = {"base": [], "val": [], "novel": []}
-    names = list(split)
-    for pool in (
-        sorted(g for g, m in members.items() if len(m) >= rich),
-        sorted(g for g, m in members.items() if len(m) < rich),
-    ):
-        order = [pool[i] for i in rng.permutation(len(pool))]
-        total = sum(len(members[g]) for g in order)
-        targets = np.cumsum(fractions) / sum(fractions) * total
-        filled = 0
-        for g in order:
-            k = int(np.searchsorted(targets, filled, side="right"))
-            split[names[min(k, 2)]].extend(members[g])
-            filled += len(members[g])
-    return {k: sorted(v) for k, v in split.items()}
 
 
 def _render_job(args: tuple[str, list[int], tuple[int, ...]]) -> dict[int, list[np.ndarray]]:
