@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CUB_CLASSES = [line.split()[1] for line in (Path(__file__).parent / "data" / "cub_classes.txt").read_text().splitlines()]
+_CLASSES_TXT = Path(__file__).parent / "data" / "cub_classes.txt"  # CUB-200-2011's real classes.txt
+CUB_CLASSES = [line.split()[1] for line in _CLASSES_TXT.read_text().splitlines()]
 
 
 def _jpeg(path: Path, value: int, size: int = 24, box: tuple[int, int, int, int] | None = None) -> None:

@@ -38,6 +38,10 @@ class ModelConfig:
     fusion: str = "concat"  # 'concat' (concatenation + MLP) or 'gated' (gated sum)
     embed_dim: int = 256  # width of the fused (teacher) embedding
     word_dropout: float = 0.0  # share of caption words dropped while training
+    dropblock: float = 0.0  # ResNet-12 DropBlock rate in the last two blocks
+    fce: bool = False  # MatchingNet full-context embeddings
+    relation_loss: str = "mse"  # RelationNet: 'mse' to one-hot (the paper) or 'ce'
+    feat_reg: float = 0.1  # FEAT: weight of the contrastive regulariser
 
 
 @dataclass
@@ -68,6 +72,9 @@ class TrainConfig:
     channels_last: bool = True  # measured faster for Conv-4 on this CPU (DESIGN.md speed model)
     seed: int = 0
     threads: int = 0  # 0: all cores
+    pretrain_epochs: int = 0  # many-way classification on base classes before episodes (FEAT, Meta-Baseline)
+    pretrain_lr: float = 0.05
+    pretrain_batch: int = 128
 
 
 @dataclass
@@ -120,8 +127,9 @@ class Config:
 
 CHOICES = {
     "model.modality": ("image", "text", "image+text"),
-    "model.backbone": ("conv4",),
-    "model.head": ("protonet",),
+    "model.backbone": ("conv4", "resnet12", "resnet18"),
+    "model.head": ("protonet", "matchingnet", "relationnet", "feat"),
+    "model.relation_loss": ("mse", "ce"),
     "model.text_encoder": ("bow", "bigru", "minilm"),
     "model.fusion": ("concat", "gated"),
     "train.optimizer": ("adam", "sgd"),

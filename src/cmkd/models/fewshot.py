@@ -15,8 +15,8 @@ from cmkd.config import ModelConfig
 from cmkd.data.episodes import episode_labels
 from cmkd.data.text import Vocab
 from cmkd.models.backbones import build_backbone
-from cmkd.models.fusion import build_fusion
-from cmkd.models.heads.protonet import build_head
+from cmkd.models.fusion import MapFusion, build_fusion
+from cmkd.models.heads import build_head
 from cmkd.models.text_encoders import build_text_encoder
 
 
@@ -28,15 +28,25 @@ class FewShotModel(nn.Module):
         self.cfg, self.in_channels, self.image_size, self.vocab = cfg, in_channels, image_size, vocab
         self.uses_image = "image" in cfg.modality
         self.uses_text = "text" in cfg.modality
-        self.image_encoder = build_backbone(cfg.backbone, in_channels, image_size) if self.uses_image else None
+        self.wants_maps = cfg.head == "relationnet"  # RelationNet compares feature maps, not vectors
+        self.image_encoder = (build_backbone(cfg.backbone, in_channels, image_size, cfg.dropblock)
+                              if self.uses_image else None)
         self.text_encoder = (build_text_encoder(cfg.text_encoder, vocab, cfg.text_dim, cfg.word_dropout)
                              if self.uses_text else None)
         self.fusion = None
         if self.uses_image and self.uses_text:
-            self.fusion = build_fusion(cfg.fusion, self.image_encoder.out_dim, self.text_encoder.out_dim,
-                                       cfg.embed_dim)
-        self.head = build_head(cfg.head)
-        self.out_dim = (self.fusion or self.image_encoder or self.text_encoder).out_dim
+            self.fusion = (MapFusion(self.image_encoder.map_shape, self.text_encoder.out_dim) if self.wants_maps
+                           else build_fusion(cfg.fusion, self.image_encoder.out_dim, self.text_encoder.out_dim,
+                                             cfg.embed_dim))
+        if self.uses_image:
+            self.map_shape = self.image_encoder.map_shape
+        else:
+            self.map_shape = (self.text_encoder.out_dim, 1, 1)
+        if self.wants_maps:
+            self.out_dim = self.map_shape[0] * self.map_shape[1] * self.map_shape[2]
+        else:
+            self.out_dim = (self.fusion or self.image_encoder or self.text_encoder).out_dim
+        self.head = build_head(cfg.head, self.out_dim, self.map_shape, cfg.fce, cfg.relation_loss)
 
     def embed(self, images: torch.Tensor | None = None, text: torch.Tensor | None = None,
               text_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,7 +59,9 @@ class FewShotModel(nn.Module):
             raise ValueError(f"this {self.cfg.modality} model needs images")
         if self.uses_text and text is None:
             raise ValueError(f"this {self.cfg.modality} model needs text for every sample")
-        img = self.image_encoder(images) if self.uses_image else None
+        img = None
+        if self.uses_image:
+            img = self.image_encoder.feature_map(images) if self.wants_maps else self.image_encoder(images)
         txt = None
         if self.uses_text and text_mask is None:
             txt = self.text_encoder(text)
@@ -58,9 +70,8 @@ class FewShotModel(nn.Module):
             flat = self.text_encoder(text.flatten(0, 1)).view(b, c, -1)
             m = text_mask.unsqueeze(-1).to(flat.dtype)
             txt = (flat * m).sum(1) / m.sum(1).clamp_min(1.0)
-        if self.fusion is not None:
-            return self.fusion(img, txt)
-        return img if img is not None else txt
+        out = self.fusion(img, txt) if self.fusion is not None else (img if img is not None else txt)
+        return out.flatten(1)
 
     def scores(self, emb: torch.Tensor, way: int, shot: int) -> torch.Tensor:
         """Episode embeddings ``[E, way*(shot+query), D]`` (support first) -> scores ``[E, Q, way]``."""
@@ -68,6 +79,18 @@ class FewShotModel(nn.Module):
         support, query = emb[:, :n_support], emb[:, n_support:]
         labels = episode_labels(way, shot, emb.device).expand(emb.shape[0], -1)
         return self.head(support, labels, query, way)
+
+    def loss(self, scores: torch.Tensor, emb: torch.Tensor, way: int, shot: int) -> torch.Tensor:
+        """The head's episode loss, plus FEAT's contrastive regulariser when the head has one."""
+        query = (emb.shape[1] - way * shot) // way
+        truth = episode_labels(way, query, emb.device).expand(emb.shape[0], -1)
+        loss = self.head.loss(scores, truth)
+        if hasattr(self.head, "regularizer") and self.cfg.feat_reg > 0:
+            n_support = way * shot
+            s_labels = episode_labels(way, shot, emb.device).expand(emb.shape[0], -1)
+            loss = loss + self.cfg.feat_reg * self.head.regularizer(emb[:, :n_support], s_labels,
+                                                                    emb[:, n_support:], truth, way)
+        return loss
 
     def spec(self) -> dict:
         """What is needed to rebuild this model (stored beside its weights)."""

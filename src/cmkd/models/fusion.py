@@ -34,6 +34,23 @@ class GatedFusion(nn.Module):
         return g * self.image(image) + (1 - g) * self.text(text)
 
 
+class MapFusion(nn.Module):
+    """Text joins a feature map (for RelationNet): a projection of the text embedding is tiled
+    over the spatial grid, concatenated to the map's channels and mixed by a 1x1 convolution."""
+
+    def __init__(self, map_shape: tuple[int, int, int], text_dim: int, text_channels: int = 64) -> None:
+        super().__init__()
+        c, _, _ = map_shape
+        self.map_shape = map_shape
+        self.proj = nn.Linear(text_dim, text_channels)
+        self.mix = nn.Sequential(nn.Conv2d(c + text_channels, c, 1), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+
+    def forward(self, image_map: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        _, h, w = self.map_shape
+        tiled = self.proj(text)[:, :, None, None].expand(-1, -1, h, w)
+        return self.mix(torch.cat([image_map, tiled], 1))
+
+
 def build_fusion(name: str, image_dim: int, text_dim: int, out_dim: int) -> nn.Module:
     if name == "concat":
         return ConcatFusion(image_dim, text_dim, out_dim)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from cmkd.config import Config, EpisodeConfig
@@ -123,6 +122,7 @@ class Trainer:
         self.steps = math.ceil(cfg.train.episodes / cfg.train.episodes_per_step)
         self.step = 0
         self.history: list[dict] = []
+        self.pretrain_losses: list[float] = []
         self.best_acc = -1.0
         self.run_dir = cfg.run_dir
 
@@ -162,7 +162,7 @@ class Trainer:
         emb = self.data.embed(self.model, flat, images, caption_ids).view(n_ep, n, -1)
         scores = self.model.scores(emb, e.way, e.shot)
         truth = episode_labels(e.way, e.query, self.device).expand(n_ep, -1)
-        ce = F.cross_entropy(scores.reshape(-1, e.way), truth.reshape(-1))
+        ce = self.model.loss(scores, emb, e.way, e.shot)  # the head's own loss (CE for most)
         loss, logs = ce, {"ce": ce.item()}
         if self.teacher is not None and self.weights is not None:
             with torch.no_grad():
@@ -186,6 +186,45 @@ class Trainer:
         logs["acc"] = (scores.argmax(-1) == truth).float().mean().item()
         return logs
 
+    # -- optional pre-training --------------------------------------------------------------
+    def pretrain(self, progress: bool = True) -> list[float]:
+        """Many-way classification of the base classes with a linear layer on the embedding
+        (the pre-training stage of FEAT and Meta-Baseline); returns the mean loss per epoch."""
+        cfg = self.cfg
+        base = torch.as_tensor(self.dataset.split_indices("base"), device=self.device)
+        classes = self.dataset.split_classes("base")
+        remap = torch.full((self.dataset.num_classes,), -1, dtype=torch.long, device=self.device)
+        remap[torch.as_tensor(classes, device=self.device)] = torch.arange(len(classes), device=self.device)
+        classifier = torch.nn.Linear(self.model.out_dim, len(classes)).to(self.device)
+        params = [*self.model.parameters(), *classifier.parameters()]
+        opt = torch.optim.SGD(params, lr=cfg.train.pretrain_lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        batches = math.ceil(len(base) / cfg.train.pretrain_batch)
+        total = cfg.train.pretrain_epochs * batches
+        losses = []
+        self.model.train()
+        bar = tqdm(total=total, desc="pre-train", disable=not progress, unit="batch", leave=False)
+        for epoch in range(cfg.train.pretrain_epochs):
+            gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed * 7919 + epoch)
+            order = base[torch.randperm(len(base), generator=gen, device=self.device)]
+            running = 0.0
+            for b in range(batches):
+                for group in opt.param_groups:
+                    group["lr"] = cfg.train.pretrain_lr * 0.5 * (1 + math.cos(math.pi * (epoch * batches + b) / total))
+                idx = order[b * cfg.train.pretrain_batch:(b + 1) * cfg.train.pretrain_batch]
+                images = self.data.images_for(idx, cfg.data.augment, gen, cfg.data.hflip) if self.model.uses_image \
+                    else None
+                caps = self.data.pick_captions(self.model, idx, gen) if self.model.uses_text else None
+                logits = classifier(self.data.embed(self.model, idx, images, caps))
+                loss = torch.nn.functional.cross_entropy(logits, remap[self.data.labels[idx]])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running += loss.item()
+                bar.update(1)
+            losses.append(running / batches)
+        bar.close()
+        return losses
+
     # -- validation and checkpoints -----------------------------------------------------------
     def validate(self) -> tuple[float, float]:
         accs = evaluate_episodes(self.model, self.data, self.val_episodes, self.val_setting.way,
@@ -195,8 +234,8 @@ class Trainer:
 
     def _meta(self) -> dict:
         return {"spec": self.model.spec(), "config": self.cfg.to_dict(), "step": self.step,
-                "history": self.history, "best_acc": self.best_acc, "dataset": self.dataset.summary(),
-                "commit": git_commit()}
+                "history": self.history, "pretrain_losses": self.pretrain_losses, "best_acc": self.best_acc,
+                "dataset": self.dataset.summary(), "commit": git_commit()}
 
     def save(self, best: bool) -> None:
         save_checkpoint(self.run_dir / "last", self.model, self._meta(), self.optimizer)
@@ -217,6 +256,7 @@ class Trainer:
         self.model.load_state_dict(model_state(tensors))
         self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
         self.step, self.history, self.best_acc = meta["step"], meta["history"], meta["best_acc"]
+        self.pretrain_losses = meta.get("pretrain_losses", [])
         return True
 
     # -- the loop -------------------------------------------------------------------------------
@@ -227,6 +267,9 @@ class Trainer:
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         if resume and self.resume():
             tqdm.write(f"resumed {self.run_dir} at step {self.step}/{self.steps}")
+        elif cfg.train.pretrain_epochs > 0:
+            self.pretrain_losses = self.pretrain(progress)
+            self.save(best=False)  # a kill during episodic training resumes after pre-training
         val_steps = max(1, cfg.train.val_every // cfg.train.episodes_per_step)
         bar = tqdm(total=self.steps, initial=self.step, desc=desc or cfg.name, disable=not progress,
                    unit="step", dynamic_ncols=True, leave=True)

@@ -16,16 +16,17 @@ def prototypes(support: torch.Tensor, support_labels: torch.Tensor, way: int) ->
 class ProtoNet(nn.Module):
     """Scores are negative squared Euclidean distances from each query to each class mean.
 
-    Holds no per-episode state; episodes are batched along the first dimension.
+    Every head maps ``support [E, S, D]``, ``support_labels [E, S]``, ``query [E, Q, D]`` and
+    ``way`` to relation scores ``[E, Q, way]`` (what the SRL distils), keeps no per-episode
+    state on the module, and defines its training ``loss(scores, labels)``.
     """
+
+    @staticmethod
+    def loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(scores.reshape(-1, scores.shape[-1]), labels.reshape(-1))
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                 way: int) -> torch.Tensor:
         protos = prototypes(support, support_labels, way)
         return -(query.unsqueeze(2) - protos.unsqueeze(1)).pow(2).sum(-1)
 
-
-def build_head(name: str) -> nn.Module:
-    if name == "protonet":
-        return ProtoNet()
-    raise ValueError(f"unknown few-shot head '{name}'; available: protonet")
