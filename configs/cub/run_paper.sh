@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The paper's CUB experiments: {Conv-4, ResNet-12} x {1-shot, 5-shot} x {image, text} students,
+# each as teacher -> student + CMKD -> student alone, scored on the same 2000 novel episodes.
+# Needs a prepared cache (cmkd prepare cub ... --name cub_84) and, realistically, a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+for bb in conv4 resnet12; do
+  for shot in 1 5; do
+    t="cub_${bb}_${shot}shot_teacher"
+    cmkd train --config "configs/cub/${bb}_teacher.yaml" --name "$t" --resume "episode.shot=$shot"
+    for modality in image text; do
+      s="cub_${bb}_${shot}shot_${modality}"
+      cmkd distill --config "configs/cub/${bb}_cmkd.yaml" --teacher "runs/$t" --modality "$modality" \
+        --name "${s}_cmkd" --resume "episode.shot=$shot"
+      cmkd train --config "configs/cub/${bb}_student.yaml" --modality "$modality" --name "${s}_alone" \
+        --resume "episode.shot=$shot"
+      cmkd evaluate "student=runs/${s}_alone" "student+CMKD=runs/${s}_cmkd" "teacher=runs/$t" \
+        --shots "$shot" --fine-grained --episodes 2000 --out "runs/${s}_evaluation.json"
+    done
+  done
+done
