@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cmkd.data.augment import to_float
+from cmkd.data.formats.folder import class_folders
 from cmkd.data.images import ImageError, load_image, read_caption_file
 from cmkd.train.loop import load_model
 
@@ -100,16 +101,7 @@ class OneShotClassifier:
 def read_support_folder(root: str | Path) -> tuple[list[Path], list[str]]:
     """``root/<class>/<image>`` -> image paths and class names (caption ``.txt`` files skipped)."""
     root = Path(root)
-    if not root.is_dir():
-        raise ImageError(f"support folder {root} does not exist or is not a directory; expected "
-                         "DIR/<class>/<image> with one folder per class")
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    seen: dict[str, str] = {}
-    for d in dirs:
-        if d.name.casefold() in seen:
-            raise ImageError(f"class folders '{seen[d.name.casefold()]}' and '{d.name}' in {root} differ only in "
-                             "case; merge or rename one")
-        seen[d.name.casefold()] = d.name
+    dirs = class_folders(root)
     paths, labels = [], []
     for d in dirs:
         files = [f for f in sorted(d.iterdir()) if f.is_file() and not f.name.startswith(".")

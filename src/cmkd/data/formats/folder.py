@@ -31,18 +31,25 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def list_folder(root: str | Path, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-                seed: int = 0) -> Listing:
+def class_folders(root: str | Path) -> list[Path]:
+    """The class sub-folders of ``root`` (hidden ones skipped), refusing names equal up to case."""
     root = Path(root)
     if not root.is_dir():
-        raise ImageError(f"{root} does not exist or is not a directory; expected ROOT/<class name>/<image>")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        raise ImageError(f"{root} does not exist or is not a directory; expected {root}/<class name>/<image>")
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     folded: dict[str, str] = {}
-    for d in class_dirs:
+    for d in dirs:
         if d.name.casefold() in folded:
             raise ImageError(f"class folders '{folded[d.name.casefold()]}' and '{d.name}' in {root} differ only "
                              "in case; merge or rename one")
         folded[d.name.casefold()] = d.name
+    return dirs
+
+
+def list_folder(root: str | Path, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+                seed: int = 0) -> Listing:
+    root = Path(root)
+    class_dirs = class_folders(root)
     records, extra, warnings = [], [], []
     uncaptioned = []
     for d in class_dirs:
