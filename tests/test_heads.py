@@ -127,3 +127,17 @@ def test_pretraining_stage_lowers_its_loss(small, fast_cfg):
     trainer.fit(progress=False)
     assert len(trainer.pretrain_losses) == 2 and trainer.pretrain_losses[1] < trainer.pretrain_losses[0]
     assert np.isfinite(trainer.best_acc)
+
+
+@pytest.mark.parametrize("head,backbone", [("protonet", "resnet18"), ("matchingnet", "resnet12"),
+                                           ("relationnet", "resnet12"), ("feat", "resnet18")])
+def test_every_head_as_teacher_and_student_from_the_cli(head, backbone, tmp_path):
+    from cmkd.cli import main
+
+    tiny = [f"out={tmp_path}", f"model.head={head}", f"model.backbone={backbone}", "train.episodes=2",
+            "train.val_every=2", "train.val_episodes=2", "train.val_query=1", "episode.query=1"]
+    assert main(["train", "--modality", "image+text", "--name", "t", *tiny]) == 0
+    live = "distill.teacher_inputs=same"  # no cached pass of a ResNet teacher over the whole base split
+    assert main(["distill", "--teacher", str(tmp_path / "t"), "--name", "s", *tiny, live]) == 0
+    assert main(["evaluate", f"s={tmp_path / 's'}", f"t={tmp_path / 't'}", "--shots", "1", "--query", "1",
+                 "--episodes", "3", "--out", str(tmp_path / "e.json")]) == 0
