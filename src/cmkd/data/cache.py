@@ -104,7 +104,10 @@ def prepare(listing: Listing, out: str | Path, size: int, channels: int = 3, wor
         if old.get("fingerprint") == digest and (out / "images.npy").exists():
             return out, False
     jobs = [(str(r.path), channels, size, r.bbox) for r in listing.records]
-    images = np.zeros((len(jobs), channels, size, size), np.uint8)
+    out.mkdir(parents=True, exist_ok=True)
+    # decoded rows stream into a memory-mapped file: a dataset larger than RAM prepares too
+    scratch = out / ".images.npy.tmp"
+    images = np.lib.format.open_memmap(scratch, "w+", np.uint8, (len(jobs), channels, size, size))
     bad: list[str] = []
     keep: list[int] = []
     with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
@@ -112,15 +115,19 @@ def prepare(listing: Listing, out: str | Path, size: int, channels: int = 3, wor
         for i, (arr, err) in enumerate(tqdm(results, total=len(jobs), desc=f"prepare {listing.name}",
                                             disable=not progress, unit="img")):
             if err is None:
-                images[i] = arr
+                images[len(keep)] = arr  # compacted as it goes: bad images leave no hole
                 keep.append(i)
             elif skip_bad:
                 bad.append(err)
             else:
+                del images
+                scratch.unlink(missing_ok=True)
                 raise ImageError(f"{err} (or run prepare with --skip-bad to leave it out)")
+    images.flush()
+    del images
+    _truncate_rows(scratch, len(keep))
+    os.replace(scratch, out / "images.npy")
     class_index = {c: k for k, c in enumerate(listing.classes)}
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_save(out / "images.npy", images[keep])
     labels = [class_index[listing.records[i].class_name] for i in keep]
     captions = [list(listing.records[i].captions) for i in keep]
     (out / "captions.json").write_text(json.dumps({"labels": labels, "captions": captions,
@@ -136,10 +143,17 @@ def prepare(listing: Listing, out: str | Path, size: int, channels: int = 3, wor
     return out, True
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
+def _truncate_rows(path: Path, rows: int, chunk: int = 4096) -> None:
+    """Keep the first ``rows`` rows of a ``.npy`` file (copied in chunks when some were dropped)."""
+    src = np.load(path, mmap_mode="r")
+    if src.shape[0] == rows:
+        return
+    tmp = path.with_name(path.name + ".short")
+    dst = np.lib.format.open_memmap(tmp, "w+", src.dtype, (rows, *src.shape[1:]))
+    for start in range(0, rows, chunk):
+        dst[start:start + chunk] = src[start:min(start + chunk, rows)]
+    dst.flush()
+    del dst, src
     os.replace(tmp, path)
 
 
