@@ -87,7 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from cmkd.data.images import IMAGE_SUFFIXES, ImageError
+    from cmkd.data.images import IMAGE_SUFFIXES
     from cmkd.predict import OneShotClassifier, captions_beside, read_support_folder
     from cmkd.runtime import configure_cpu, pick_device
 
@@ -173,7 +173,7 @@ def cmd_datasets(args: argparse.Namespace) -> None:
                        "groups": c["groups"], "splits": c["split_classes"], "caption_coverage": 1.0,
                        "note": f"embedded; {c['faces']} font faces, renderings per class {c['renderings_per_class']}"}}
     for name, folder, meta in prepared_datasets():
-        s = load_prepared(folder).summary()
+        s = load_prepared(folder, mmap=True).summary()  # counts only: no need to read the images
         info[name] = {"classes": s["classes"], "images": s["images"], "sizes": [meta["size"]], "groups": s["groups"],
                       "splits": s["splits"], "caption_coverage": s["caption_coverage"],
                       "note": f"{meta['format']} at {folder}, {len(meta['skipped_bad'])} bad images skipped"}

@@ -87,7 +87,6 @@ def run_demo(out: Path = Path("runs/demo"), quick: bool = False, with_baselines:
                       for n in names}
     result["dataset_summary"] = summary
     out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "results.json")
     plot_val_curves(histories, out / "val_curves.png", "validation accuracy, 5-way 1-shot val episodes")
     fg = next(s for s in ev.settings if s.fine_grained and s.shot == 1)
     one = episode_list(data, ev.split, fg, 1, ev.seed)[0]

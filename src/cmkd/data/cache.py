@@ -157,15 +157,16 @@ def _truncate_rows(path: Path, rows: int, chunk: int = 4096) -> None:
     os.replace(tmp, path)
 
 
-def load_prepared(folder: str | Path) -> FewShotDataset:
-    """A prepared dataset as a :class:`FewShotDataset`."""
+def load_prepared(folder: str | Path, mmap: bool = False) -> FewShotDataset:
+    """A prepared dataset as a :class:`FewShotDataset`; with ``mmap`` the images stay on disk
+    (copy-on-write memory map) until touched, e.g. to list counts."""
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"{folder} is not a prepared dataset (no meta.json); run `cmkd prepare` first")
     meta = json.loads(meta_path.read_text())
     caps = json.loads((folder / "captions.json").read_text())
-    images = torch.from_numpy(np.load(folder / "images.npy"))
+    images = torch.from_numpy(np.load(folder / "images.npy", mmap_mode="c" if mmap else None))
     return FewShotDataset(name=meta["name"], images=images, labels=torch.tensor(caps["labels"], dtype=torch.long),
                           class_names=meta["classes"], groups=meta["groups"],
                           captions=[tuple(c) for c in caps["captions"]], splits=meta["splits"],

@@ -110,11 +110,9 @@ class Trainer:
             self.teacher_cache = teacher_cache or self.embed_teacher(self.teacher, self.data, cfg)
         e = cfg.episode
         ds = dataset
+        modes = (False, True) if cfg.train.fine_grained_share > 0 else (False,)  # random, then fine-grained
         self.samplers = [EpisodeSampler(ds.labels, ds.split_classes("base"), e.way, e.shot, e.query, ds.groups,
-                                        False, ds.class_names, "base")]
-        if cfg.train.fine_grained_share > 0:
-            self.samplers.append(EpisodeSampler(ds.labels, ds.split_classes("base"), e.way, e.shot, e.query,
-                                                ds.groups, True, ds.class_names, "base"))
+                                        fine, ds.class_names, "base") for fine in modes]
         self.val_setting = EpisodeConfig(e.way, e.shot, cfg.train.val_query, False)
         self.val_episodes = episode_list(self.data, "val", self.val_setting, cfg.train.val_episodes,
                                          cfg.train.seed + 7919)
@@ -125,6 +123,7 @@ class Trainer:
         self.pretrain_losses: list[float] = []
         self.best_acc = -1.0
         self.run_dir = cfg.run_dir
+        self.dataset_summary = dataset.summary()  # stored in every checkpoint; computed once
 
     @staticmethod
     def embed_teacher(teacher: FewShotModel, data: DeviceData, cfg: Config) -> Embedded:
@@ -235,7 +234,7 @@ class Trainer:
     def _meta(self) -> dict:
         return {"spec": self.model.spec(), "config": self.cfg.to_dict(), "step": self.step,
                 "history": self.history, "pretrain_losses": self.pretrain_losses, "best_acc": self.best_acc,
-                "dataset": self.dataset.summary(), "commit": git_commit()}
+                "dataset": self.dataset_summary, "commit": git_commit()}
 
     def save(self, best: bool) -> None:
         save_checkpoint(self.run_dir / "last", self.model, self._meta(), self.optimizer)
