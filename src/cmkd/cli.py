@@ -24,23 +24,29 @@ def _config(args: argparse.Namespace, base: dict | None = None) -> Config:
     return load_config(args.config, args.overrides, base)
 
 
+def _report(trainer, cfg: Config) -> None:
+    if trainer.ranks.main:
+        print(f"best val accuracy {100 * trainer.best_acc:.2f}% ({cfg.episode.label()}); weights in {cfg.run_dir}"
+              + (f" ({trainer.ranks.world} processes)" if trainer.ranks.world > 1 else ""))
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    from cmkd import distributed
     from cmkd.data.registry import load_dataset
-    from cmkd.runtime import pick_device
     from cmkd.train.loop import Trainer
 
     cfg = _config(args)
-    trainer = Trainer(cfg, load_dataset(cfg.data), pick_device(args.device))
+    trainer = Trainer(cfg, load_dataset(cfg.data), distributed.setup(args.device))
     trainer.fit(resume=args.resume)
-    print(f"best val accuracy {100 * trainer.best_acc:.2f}% ({cfg.episode.label()}); weights in {cfg.run_dir}")
+    _report(trainer, cfg)
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
+    from cmkd import distributed
     from cmkd.data.registry import load_dataset
-    from cmkd.runtime import pick_device
     from cmkd.train.loop import Trainer, load_model
 
-    device = pick_device(args.device)
+    device = distributed.setup(args.device)
     teacher, meta = load_model(args.teacher, device)
     base = {"distill.teacher": str(args.teacher)}
     if args.method:
@@ -54,33 +60,39 @@ def cmd_distill(args: argparse.Namespace) -> None:
     init = load_model(args.init, device)[0] if args.init else None
     trainer = Trainer(cfg, load_dataset(cfg.data), device, teacher=teacher, init=init)
     trainer.fit(resume=args.resume)
-    print(f"best val accuracy {100 * trainer.best_acc:.2f}% ({cfg.episode.label()}); weights in {cfg.run_dir}")
+    _report(trainer, cfg)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from cmkd import distributed
     from cmkd.data.device import DeviceData
     from cmkd.data.registry import load_dataset
     from cmkd.eval.compare import compare, table, write_json
-    from cmkd.runtime import configure_cpu, pick_device
+    from cmkd.runtime import configure_cpu
+    from cmkd.train.forward import resolve_precision
     from cmkd.train.loop import load_model
 
     configure_cpu()
-    device = pick_device(args.device)
+    device = distributed.setup(args.device)
     models, metas = {}, {}
     for spec in args.runs:
         name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
         models[name], metas[name] = load_model(path, device)
     first = next(iter(metas.values()))
     data_cfg = DataConfig(**first["config"]["data"])
-    data = DeviceData(load_dataset(data_cfg), device)
+    data = DeviceData(load_dataset(data_cfg), device, args.placement)
     shots = args.shots or [1, 5]
     settings = [EpisodeConfig(args.way, s, args.query, fg) for fg in (False, True) for s in shots]
     if not args.fine_grained:
         settings = [s for s in settings if not s.fine_grained]
     names = list(models)
     pairs = [(n, args.reference or names[0]) for n in names if n != (args.reference or names[0])]
+    main = distributed.ranks().main
     result = compare(models, data, settings, args.split, args.episodes, args.seed, pairs,
-                     data_cfg.eval_captions == "mean")
+                     data_cfg.eval_captions == "mean", main, resolve_precision(args.precision, device))
+    result["precision"], result["processes"] = resolve_precision(args.precision, device), distributed.ranks().world
+    if not main:
+        return
     out = write_json(result, args.out)
     print(table(result))
     print(f"\nresults: {out}")
@@ -229,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--reference", help="paired differences against this run (default: the first)")
     e.add_argument("--out", type=Path, default=Path("runs/evaluation.json"))
     e.add_argument("--device")
+    e.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+                   help="encoder precision (default fp32; auto = bf16 on GPUs)")
+    e.add_argument("--placement", choices=["auto", "device", "host"], default="auto",
+                   help="where the images live (see data.placement)")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="classify query images from one (or K) labelled examples per class")
@@ -268,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cmkd import distributed
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
@@ -277,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:  # bad episode settings and the like, raised with a message that names the fix
         print(f"cmkd {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown()
     return 0
 
 

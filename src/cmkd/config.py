@@ -26,6 +26,9 @@ class DataConfig:
     augment: bool = True
     hflip: bool = False  # never for letters; fine for birds and flowers
     eval_captions: str = "mean"  # how evaluation uses several captions: 'mean' or 'first'
+    # 'device': all images on the training device; 'host': kept in (memory-mapped) host memory and
+    # copied per step, prefetched; 'auto': 'device' when they take at most half its free memory
+    placement: str = "auto"
 
 
 @dataclass
@@ -70,6 +73,8 @@ class TrainConfig:
     val_episodes: int = 200
     val_query: int = 15
     channels_last: bool = True  # measured faster for Conv-4 on this CPU (DESIGN.md speed model)
+    precision: str = "auto"  # 'fp32', 'bf16', 'fp16' (autocast of the encoders) or 'auto': bf16 on GPUs
+    compile: bool = False  # torch.compile the training forward (pays off on GPUs for long runs)
     seed: int = 0
     threads: int = 0  # 0: all cores
     pretrain_epochs: int = 0  # many-way classification on base classes before episodes (FEAT, Meta-Baseline)
@@ -137,6 +142,8 @@ CHOICES = {
     "distill.method": ("none", "kd", "rkd", "srl"),
     "data.eval_captions": ("mean", "first"),
     "distill.teacher_inputs": ("clean", "same"),
+    "data.placement": ("auto", "device", "host"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
 }
 
 

@@ -14,13 +14,15 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def configure_cpu(threads: int = 0) -> int:
-    """Use ``threads`` intra-op threads (0: all cores) and keep freed tensor memory in the heap.
+    """Use ``threads`` intra-op threads (0: the cores shared by the local ``torchrun`` processes)
+    and keep freed tensor memory in the heap.
 
     glibc returns large buffers to the OS on every free, and re-faulting them each step was
     measured to cost up to 2x on Conv-4 here; disabling mmap for large blocks and raising
     the trim threshold removes that (DESIGN.md, speed model).
     """
-    n = threads or os.cpu_count() or 1
+    local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    n = threads or max(1, (os.cpu_count() or 1) // local_procs)
     torch.set_num_threads(n)
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -1,26 +1,106 @@
-"""A dataset resident on the training device, and the model inputs gathered from it.
+"""A dataset placed for training, and the model inputs gathered from it.
 
-Images stay uint8 on the device; an episode is an index tensor; gathering, converting and
-augmenting happen there (DESIGN.md, speed model). Captions are turned into each model's
-encoder input once and kept on the device too.
+Two placements (DESIGN.md, speed model):
+
+- ``device``: the uint8 images live on the training device; an episode is an index
+  tensor and gathering, converting and augmenting happen there.
+- ``host``: for datasets larger than the device (tieredImageNet at 84 px is ~16 GB), the
+  images stay in host memory, usually a memory map of the prepared cache. Each request
+  gathers its rows on the host into pinned memory and copies them over asynchronously;
+  the trainer asks for the next step's rows in advance, so a background thread gathers
+  them while the current step computes.
+
+``auto`` picks ``device`` when the images take at most half of the device's free memory.
+Captions are turned into each model's encoder input once and kept on the device.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
 import torch
 
 from cmkd.data.augment import random_affine, to_float
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.text import CaptionTable
 
+Indices = np.ndarray | torch.Tensor
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on ``device`` (host RAM for the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def choose_placement(requested: str, image_bytes: int, free_bytes: int) -> str:
+    """``requested`` unless it is ``auto``: then ``device`` when the images take at most half the free memory."""
+    if requested != "auto":
+        return requested
+    return "device" if image_bytes <= free_bytes // 2 else "host"
+
+
+def _as_numpy(idx: Indices) -> np.ndarray:
+    return np.ascontiguousarray(idx.cpu().numpy() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
+
+
+class HostImages:
+    """uint8 images in host memory, gathered per request and copied to ``device``.
+
+    ``prefetch(idx)`` starts gathering ``idx`` in a background thread; a later
+    ``gather`` of the same indices takes that result (``hits`` counts them).
+    """
+
+    def __init__(self, images: torch.Tensor, device: torch.device) -> None:
+        self.images = images
+        self.device = device
+        self.pin = device.type == "cuda"
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cmkd-prefetch")
+        self._next: tuple[bytes, Future] | None = None
+        self.hits = 0
+
+    def _load(self, idx: np.ndarray) -> torch.Tensor:
+        out = torch.empty((len(idx), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=self.pin)
+        return torch.index_select(self.images, 0, torch.from_numpy(idx), out=out)
+
+    def prefetch(self, idx: Indices) -> None:
+        rows = _as_numpy(idx)
+        self._next = (rows.tobytes(), self._pool.submit(self._load, rows))
+
+    def gather(self, idx: Indices) -> torch.Tensor:
+        rows = _as_numpy(idx)
+        if self._next is not None and self._next[0] == rows.tobytes():
+            host, self._next = self._next[1].result(), None
+            self.hits += 1
+        else:
+            host = self._load(rows)
+        return host.to(self.device, non_blocking=self.pin)
+
 
 class DeviceData:
-    """``dataset`` on ``device``: uint8 images, labels, and per-text-encoder caption tables."""
+    """``dataset`` placed for training on ``device``: images, labels and per-text-encoder caption tables."""
 
-    def __init__(self, dataset: FewShotDataset, device: torch.device | str = "cpu") -> None:
+    def __init__(self, dataset: FewShotDataset, device: torch.device | str = "cpu", placement: str = "device") -> None:
         self.dataset = dataset
         self.device = torch.device(device)
-        self.images = dataset.images.to(self.device)
+        image_bytes = dataset.images.numel() * dataset.images.element_size()
+        self.placement = choose_placement(placement, image_bytes, free_memory(self.device) if placement == "auto"
+                                          else 0)
+        if self.placement == "device":
+            self.images: torch.Tensor | None = dataset.images.to(self.device)
+            self.host: HostImages | None = None
+        elif self.placement == "host":
+            self.images, self.host = None, HostImages(dataset.images, self.device)
+        else:
+            raise ValueError(f"data.placement={placement!r}; choose auto, device or host")
         self.labels = dataset.labels.to(self.device)
         self._tables: dict[int, CaptionTable] = {}
 
@@ -33,9 +113,20 @@ class DeviceData:
                                                    self.dataset.files).to(self.device)
         return self._tables[key]
 
-    def images_for(self, idx: torch.Tensor, augment: bool = False, generator: torch.Generator | None = None,
+    def gather(self, idx: Indices) -> torch.Tensor:
+        """uint8 images ``idx`` on the device."""
+        if self.host is not None:
+            return self.host.gather(idx)
+        return self.images[torch.as_tensor(idx, device=self.device)]
+
+    def prefetch(self, idx: Indices) -> None:
+        """Announce the next ``gather``: the host placement starts it in the background."""
+        if self.host is not None:
+            self.host.prefetch(idx)
+
+    def images_for(self, idx: Indices, augment: bool = False, generator: torch.Generator | None = None,
                    hflip: bool = False) -> torch.Tensor:
-        x = to_float(self.images[idx])
+        x = to_float(self.gather(idx))
         return random_affine(x, generator, hflip=hflip) if augment else x
 
     def pick_captions(self, model: torch.nn.Module, idx: torch.Tensor,
@@ -44,7 +135,18 @@ class DeviceData:
         table = self.caption_table(model)
         return table.random_ids(idx, generator) if generator is not None else table.first_ids(idx)
 
-    def embed(self, model: torch.nn.Module, idx: torch.Tensor, images: torch.Tensor | None = None,
+    def text_inputs(self, model: torch.nn.Module, idx: torch.Tensor, caption_ids: torch.Tensor | None = None,
+                    all_captions: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``model``'s text input for samples ``idx`` and, with ``all_captions``, the mask over captions."""
+        if not model.uses_text:
+            return None, None
+        table = self.caption_table(model)
+        if all_captions:
+            ids = table.sample_captions[idx]
+            return table.inputs[ids.clamp_min(0)], ids >= 0
+        return table.inputs[caption_ids if caption_ids is not None else table.first_ids(idx)], None
+
+    def embed(self, model: torch.nn.Module, idx: Indices, images: torch.Tensor | None = None,
               caption_ids: torch.Tensor | None = None, all_captions: bool = False) -> torch.Tensor:
         """``model``'s embeddings of samples ``idx``.
 
@@ -53,13 +155,6 @@ class DeviceData:
         """
         if model.uses_image and images is None:
             images = self.images_for(idx)
-        text = mask = None
-        if model.uses_text:
-            table = self.caption_table(model)
-            if all_captions:
-                ids = table.sample_captions[idx]
-                mask = ids >= 0
-                text = table.inputs[ids.clamp_min(0)]
-            else:
-                text = table.inputs[caption_ids if caption_ids is not None else table.first_ids(idx)]
+        text, mask = (self.text_inputs(model, torch.as_tensor(idx, device=self.device), caption_ids, all_captions)
+                      if model.uses_text else (None, None))
         return model.embed(images if model.uses_image else None, text, mask)

@@ -52,7 +52,7 @@ def load_dataset(cfg: DataConfig) -> FewShotDataset:
         names = ["glyphs", *[n for n, _, _ in prepared_datasets()]]
         raise ConfigError(f"data.dataset={cfg.dataset!r} is neither 'glyphs' nor a prepared dataset (by path or in "
                           f"{data_home()}); available: {', '.join(names)}. Run `cmkd prepare` first")
-    ds = load_prepared(folder)
+    ds = load_prepared(folder, mmap=True)  # read into the device's memory, or streamed (data.placement)
     if ds.image_shape[1] != cfg.image_size:
         raise ConfigError(f"data.image_size={cfg.image_size} but {folder} was prepared at {ds.image_shape[1]}; "
                           f"set data.image_size={ds.image_shape[1]} or prepare again with --size {cfg.image_size}")

@@ -12,14 +12,15 @@ from tqdm import tqdm
 
 from cmkd.config import EpisodeConfig
 from cmkd.data.device import DeviceData
-from cmkd.eval.evaluate import accuracy_per_episode, embed_samples, episode_list
+from cmkd.eval.evaluate import episode_list, evaluate_lists
 from cmkd.eval.stats import mean_ci, paired_difference
 from cmkd.runtime import git_commit
 
 
 def compare(models: dict[str, torch.nn.Module], data: DeviceData, settings: Sequence[EpisodeConfig],
             split: str = "novel", episodes: int = 600, seed: int = 2021,
-            pairs: Sequence[tuple[str, str]] = (), all_captions: bool = True, progress: bool = True) -> dict:
+            pairs: Sequence[tuple[str, str]] = (), all_captions: bool = True, progress: bool = True,
+            precision: str = "fp32") -> dict:
     """Per-episode accuracies of every model on each setting's fixed episodes, with statistics.
 
     ``pairs`` lists ``(method, reference)`` for which the paired difference ``method -
@@ -30,13 +31,12 @@ def compare(models: dict[str, torch.nn.Module], data: DeviceData, settings: Sequ
               "seed": seed, "commit": git_commit(), "ci": "1.96 * std(ddof=1) / sqrt(episodes)",
               "settings": []}
     lists = [episode_list(data, split, s, episodes, seed) for s in settings]
-    needed = np.unique(np.concatenate([e.ravel() for e in lists]))
-    embedded = {}
-    for name, model in tqdm(models.items(), desc="embed", disable=not progress, unit="model", leave=False):
-        embedded[name] = embed_samples(model, data, needed, all_captions)  # once per model, every setting
-    for setting, eps in zip(settings, lists):
-        accs = {name: accuracy_per_episode(model, embedded[name], eps, setting.way, setting.shot)
-                for name, model in models.items()}
+    shapes = [(s.way, s.shot) for s in settings]
+    per_model = {}
+    for name, model in tqdm(models.items(), desc="evaluate", disable=not progress, unit="model", leave=False):
+        per_model[name] = evaluate_lists(model, data, lists, shapes, all_captions, precision)  # one embedding pass
+    for i, setting in enumerate(settings):
+        accs = {name: per_model[name][i] for name in models}
         entry = {"way": setting.way, "shot": setting.shot, "query": setting.query,
                  "fine_grained": setting.fine_grained, "label": setting.label(),
                  "methods": {n: vars(mean_ci(a)) for n, a in accs.items()},

@@ -2,7 +2,9 @@
 
 Evaluation embeds every sample of the split once (eval mode, no augmentation) and then
 scores each episode from those embeddings, so hundreds of episodes cost one pass over
-the split. Every method is scored on the same episode list (paired comparison).
+the split. Every method is scored on the same episode list (paired comparison). Under
+``torchrun`` each rank scores a contiguous shard of the list and the per-episode results
+are gathered back in order.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cmkd import distributed
 from cmkd.config import EpisodeConfig
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSampler, episode_labels
+from cmkd.train.forward import autocast
 
 
 def episode_list(data: DeviceData, split: str, setting: EpisodeConfig, count: int, seed: int) -> np.ndarray:
@@ -27,13 +31,14 @@ def episode_list(data: DeviceData, split: str, setting: EpisodeConfig, count: in
 
 @torch.no_grad()
 def embed_indices(model: torch.nn.Module, data: DeviceData, indices: np.ndarray, all_captions: bool = True,
-                  batch: int = 1024) -> torch.Tensor:
-    """Eval-mode embeddings ``[len(indices), D]`` of the given samples."""
+                  precision: str = "fp32", batch: int = 1024) -> torch.Tensor:
+    """Eval-mode float32 embeddings ``[len(indices), D]`` of the given samples (encoders
+    run in ``precision``)."""
     was_training = model.training
     model.eval()
-    idx = torch.as_tensor(indices, device=data.device)
-    out = torch.cat([data.embed(model, idx[i:i + batch], all_captions=all_captions)
-                     for i in range(0, len(idx), batch)])
+    with autocast(precision, data.device):
+        out = torch.cat([data.embed(model, indices[i:i + batch], all_captions=all_captions).float()
+                         for i in range(0, len(indices), batch)])
     model.train(was_training)
     return out
 
@@ -53,9 +58,9 @@ class Embedded:
 
 
 def embed_samples(model: torch.nn.Module, data: DeviceData, indices: np.ndarray,
-                  all_captions: bool = True) -> Embedded:
+                  all_captions: bool = True, precision: str = "fp32") -> Embedded:
     uniq = np.unique(indices)
-    return Embedded(uniq, embed_indices(model, data, uniq, all_captions))
+    return Embedded(uniq, embed_indices(model, data, uniq, all_captions, precision))
 
 
 @torch.no_grad()
@@ -71,7 +76,19 @@ def accuracy_per_episode(model: torch.nn.Module, embedded: Embedded, episodes: n
     return torch.cat(accs).cpu().numpy()
 
 
+def evaluate_lists(model: torch.nn.Module, data: DeviceData, lists: list[np.ndarray], shapes: list[tuple[int, int]],
+                   all_captions: bool = True, precision: str = "fp32") -> list[np.ndarray]:
+    """Per-episode accuracies on several episode lists (``shapes`` gives each list's way and
+    shot), embedding each needed sample once. Sharded over ``torchrun`` ranks."""
+    mine = [eps[distributed.shard(len(eps))] for eps in lists]
+    needed = np.concatenate([m.ravel() for m in mine])
+    embedded = embed_samples(model, data, needed, all_captions, precision) if len(needed) else None
+    return [distributed.gather(accuracy_per_episode(model, embedded, m, way, shot) if len(m)
+                               else np.zeros(0, dtype=np.float32))
+            for m, (way, shot) in zip(mine, shapes)]
+
+
 def evaluate_episodes(model: torch.nn.Module, data: DeviceData, episodes: np.ndarray, way: int, shot: int,
-                      all_captions: bool = True) -> np.ndarray:
+                      all_captions: bool = True, precision: str = "fp32") -> np.ndarray:
     """Accuracy of ``model`` on each episode, embedding each needed sample once."""
-    return accuracy_per_episode(model, embed_samples(model, data, episodes, all_captions), episodes, way, shot)
+    return evaluate_lists(model, data, [episodes], [(way, shot)], all_captions, precision)[0]

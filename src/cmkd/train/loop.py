@@ -5,7 +5,9 @@ Distillation only adds a frozen teacher forward and the SRL term (Zhao et al., I
 
 All randomness of step ``t`` is derived from ``(seed, t)``: the episodes, augmentation,
 caption choice and dropout. A run resumed from its last checkpoint therefore follows
-the same stream and ends with the same weights as an uninterrupted one.
+the same stream and ends with the same weights as an uninterrupted one. Under ``torchrun``
+rank ``r`` of ``W`` takes slot ``t * W + r`` of that stream, so ranks draw different
+episodes and DistributedDataParallel averages their gradients.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cmkd import distributed
 from cmkd.config import Config, EpisodeConfig
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.device import DeviceData
@@ -37,6 +40,7 @@ from cmkd.train.checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
+from cmkd.train.forward import ClassifierForward, EpisodeForward, autocast, data_parallel, resolve_precision
 
 
 class TrainingDiverged(RuntimeError):
@@ -94,11 +98,19 @@ class Trainer:
                  teacher_cache: Embedded | None = None) -> None:
         self.cfg, self.dataset = cfg, dataset
         self.device = torch.device(device)
-        self.data = DeviceData(dataset, self.device)
+        self.ranks = distributed.ranks()
+        self.data = DeviceData(dataset, self.device, cfg.data.placement)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
         torch.manual_seed(cfg.train.seed)  # the initial weights are part of the seeded run
         self.model = (init or build_model(cfg, dataset)).to(self.device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        e = cfg.episode
+        self.forward: torch.nn.Module = data_parallel(
+            EpisodeForward(self.model, e.way, e.shot, self.precision, self.device), self.device, self.ranks.world)
+        if cfg.train.compile:
+            self.forward = torch.compile(self.forward)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         if self.teacher is not None:
             for p in self.teacher.parameters():
@@ -108,7 +120,6 @@ class Trainer:
         if self.teacher is not None and cfg.distill.teacher_inputs == "clean":
             # deterministic teacher inputs: its embeddings of the base split are computed once
             self.teacher_cache = teacher_cache or self.embed_teacher(self.teacher, self.data, cfg)
-        e = cfg.episode
         ds = dataset
         modes = (False, True) if cfg.train.fine_grained_share > 0 else (False,)  # random, then fine-grained
         self.samplers = [EpisodeSampler(ds.labels, ds.split_classes("base"), e.way, e.shot, e.query, ds.groups,
@@ -117,7 +128,7 @@ class Trainer:
         self.val_episodes = episode_list(self.data, "val", self.val_setting, cfg.train.val_episodes,
                                          cfg.train.seed + 7919)
         self.optimizer = _optimizer(cfg, self.model)
-        self.steps = math.ceil(cfg.train.episodes / cfg.train.episodes_per_step)
+        self.steps = math.ceil(cfg.train.episodes / (cfg.train.episodes_per_step * self.ranks.world))
         self.step = 0
         self.history: list[dict] = []
         self.pretrain_losses: list[float] = []
@@ -129,28 +140,38 @@ class Trainer:
     def embed_teacher(teacher: FewShotModel, data: DeviceData, cfg: Config) -> Embedded:
         """The teacher's clean embeddings of every base sample (shareable by several students)."""
         return embed_samples(teacher, data, data.dataset.split_indices("base"),
-                             all_captions=cfg.data.eval_captions == "mean")
+                             all_captions=cfg.data.eval_captions == "mean",
+                             precision=resolve_precision(cfg.train.precision, data.device))
 
     # -- one step ---------------------------------------------------------------------------
+    def _slot(self, step: int) -> int:
+        """Where this rank's draws of ``step`` sit in the seeded stream (``step`` for one process)."""
+        return step * self.ranks.world + self.ranks.rank
+
     def _episode_indices(self, step: int) -> np.ndarray:
         cfg = self.cfg.train
-        rng = np.random.default_rng([cfg.seed, step, 1])
+        slot = self._slot(step)
+        rng = np.random.default_rng([cfg.seed, slot, 1])
         sampler = self.samplers[1] if len(self.samplers) > 1 and rng.random() < cfg.fine_grained_share \
             else self.samplers[0]
         e = cfg.episodes_per_step
-        return sampler.batch(cfg.seed, step * e, e)
+        return sampler.batch(cfg.seed, slot * e, e)
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        """One optimizer step on this rank's episodes of ``step``; returns detached 0-d loss tensors
+        (kept on the device: reading them would wait for the step to finish)."""
         cfg, e = self.cfg, self.cfg.episode
-        torch.manual_seed(cfg.train.seed * 1_000_003 + step)
-        gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed * 1_000_003 + step)
+        seed = cfg.train.seed * 1_000_003 + self._slot(step)
+        torch.manual_seed(seed)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
         episodes = self._episode_indices(step)
-        idx = torch.as_tensor(episodes, device=self.device)
-        n_ep, n = idx.shape
-        flat = idx.flatten()
+        n_ep, n = episodes.shape
+        flat = torch.as_tensor(episodes.reshape(-1), device=self.device)
         live_teacher = self.teacher if self.teacher_cache is None else None
-        images = self.data.images_for(flat, cfg.data.augment, gen, cfg.data.hflip) if (
+        images = self.data.images_for(episodes.reshape(-1), cfg.data.augment, gen, cfg.data.hflip) if (
             self.model.uses_image or (live_teacher is not None and live_teacher.uses_image)) else None
+        if images is not None and self.data.host is not None and step + 1 < self.steps:
+            self.data.prefetch(self._episode_indices(step + 1).reshape(-1))  # gathered while this step runs
         text_model = self.model if self.model.uses_text else live_teacher
         caption_ids = (self.data.pick_captions(text_model, flat, gen)
                        if text_model is not None and text_model.uses_text else None)
@@ -158,31 +179,28 @@ class Trainer:
             group["lr"] = cfg.train.lr * _lr_factor(cfg, step, self.steps)
 
         self.model.train()
-        emb = self.data.embed(self.model, flat, images, caption_ids).view(n_ep, n, -1)
-        scores = self.model.scores(emb, e.way, e.shot)
-        truth = episode_labels(e.way, e.query, self.device).expand(n_ep, -1)
-        ce = self.model.loss(scores, emb, e.way, e.shot)  # the head's own loss (CE for most)
-        loss, logs = ce, {"ce": ce.item()}
+        text = self.data.text_inputs(self.model, flat, caption_ids)[0]
+        emb, scores, ce = self.forward(images if self.model.uses_image else None, text, n_ep)
+        loss, logs = ce, {"ce": ce.detach()}
         if self.teacher is not None and self.weights is not None:
             with torch.no_grad():
                 if self.teacher_cache is not None:
                     t_emb = self.teacher_cache.rows(episodes)
                 else:
-                    t_emb = self.data.embed(self.teacher, flat, images, caption_ids).view(n_ep, n, -1)
+                    with autocast(self.precision, self.device):
+                        t_emb = self.data.embed(self.teacher, flat, images, caption_ids)
+                    t_emb = t_emb.float().view(n_ep, n, -1)
                 t_scores = self.teacher.scores(t_emb, e.way, e.shot)
             terms = spatial_relation_loss(scores, t_scores, emb, t_emb, self.weights)
             loss = ce + cfg.distill.weight * terms["srl"]
-            logs.update({k: v.item() for k, v in terms.items()})
-        if not torch.isfinite(loss):
-            last = self.run_dir / "last.json"
-            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(f"loss became {loss.item()} at step {step} (episode "
-                                   f"{step * cfg.train.episodes_per_step}); {kept}; lower train.lr and resume")
+            logs.update({k: v.detach() for k, v in terms.items()})
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        logs["loss"] = loss.item()
-        logs["acc"] = (scores.argmax(-1) == truth).float().mean().item()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        truth = episode_labels(e.way, e.query, self.device)
+        logs["loss"] = loss.detach()
+        logs["acc"] = (scores.detach().argmax(-1) == truth).float().mean()
         return logs
 
     # -- optional pre-training --------------------------------------------------------------
@@ -195,6 +213,8 @@ class Trainer:
         remap = torch.full((self.dataset.num_classes,), -1, dtype=torch.long, device=self.device)
         remap[torch.as_tensor(classes, device=self.device)] = torch.arange(len(classes), device=self.device)
         classifier = torch.nn.Linear(self.model.out_dim, len(classes)).to(self.device)
+        forward = data_parallel(ClassifierForward(self.model, classifier, self.precision, self.device),
+                                self.device, self.ranks.world)
         params = [*self.model.parameters(), *classifier.parameters()]
         opt = torch.optim.SGD(params, lr=cfg.train.pretrain_lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
         batches = math.ceil(len(base) / cfg.train.pretrain_batch)
@@ -210,36 +230,44 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = cfg.train.pretrain_lr * 0.5 * (1 + math.cos(math.pi * (epoch * batches + b) / total))
                 idx = order[b * cfg.train.pretrain_batch:(b + 1) * cfg.train.pretrain_batch]
+                idx = idx[distributed.shard(len(idx), self.ranks)]  # each rank its share of the batch
                 images = self.data.images_for(idx, cfg.data.augment, gen, cfg.data.hflip) if self.model.uses_image \
                     else None
                 caps = self.data.pick_captions(self.model, idx, gen) if self.model.uses_text else None
-                logits = classifier(self.data.embed(self.model, idx, images, caps))
+                logits = forward(images, self.data.text_inputs(self.model, idx, caps)[0])
                 loss = torch.nn.functional.cross_entropy(logits, remap[self.data.labels[idx]])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                running += loss.item()
+                self.scaler.scale(loss).backward()
+                self.scaler.step(opt)
+                self.scaler.update()
+                running += loss.detach()
                 bar.update(1)
-            losses.append(running / batches)
+            losses.append(float(running) / batches)
         bar.close()
         return losses
 
     # -- validation and checkpoints -----------------------------------------------------------
     def validate(self) -> tuple[float, float]:
+        """Accuracy on the fixed val episodes (sharded over the ranks, gathered on all)."""
+        distributed.sync_buffers(self.model)
         accs = evaluate_episodes(self.model, self.data, self.val_episodes, self.val_setting.way,
-                                 self.val_setting.shot, self.cfg.data.eval_captions == "mean")
+                                 self.val_setting.shot, self.cfg.data.eval_captions == "mean", self.precision)
         m = mean_ci(accs)
         return m.mean, m.ci95
 
     def _meta(self) -> dict:
         return {"spec": self.model.spec(), "config": self.cfg.to_dict(), "step": self.step,
                 "history": self.history, "pretrain_losses": self.pretrain_losses, "best_acc": self.best_acc,
-                "dataset": self.dataset_summary, "commit": git_commit()}
+                "dataset": self.dataset_summary, "commit": git_commit(), "world_size": self.ranks.world,
+                "precision": self.precision, "grad_scaler": self.scaler.state_dict()}
 
     def save(self, best: bool) -> None:
-        save_checkpoint(self.run_dir / "last", self.model, self._meta(), self.optimizer)
-        if best:
-            save_checkpoint(self.run_dir / "best", self.model, self._meta())
+        """Checkpoint (rank 0 writes; every rank holds the same weights)."""
+        if self.ranks.main:
+            save_checkpoint(self.run_dir / "last", self.model, self._meta(), self.optimizer)
+            if best:
+                save_checkpoint(self.run_dir / "best", self.model, self._meta())
+        distributed.barrier()
 
     def resume(self) -> bool:
         """Continue from ``run_dir/last`` if it exists; returns whether it did."""
@@ -252,39 +280,74 @@ class Trainer:
         if meta["spec"] != self.model.spec():
             raise ValueError(f"{path} was trained with another model or vocabulary; start a new run name "
                              "(name=...) or delete the run directory")
+        if meta.get("world_size", 1) != self.ranks.world:
+            raise ValueError(f"{path} was trained by {meta.get('world_size', 1)} process(es); resume it with "
+                             f"the same number (this is {self.ranks.world}) so it follows the same episodes")
         self.model.load_state_dict(model_state(tensors))
         self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+        if meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
         self.step, self.history, self.best_acc = meta["step"], meta["history"], meta["best_acc"]
         self.pretrain_losses = meta.get("pretrain_losses", [])
         return True
 
+    def _read_logs(self, pending: list[tuple[int, dict[str, torch.Tensor]]]) -> list[dict[str, float]]:
+        """Step logs as numbers (one device sync for many steps); stops on a non-finite loss."""
+        if not pending:
+            return []
+        keys = list(pending[0][1])
+        values = torch.stack([torch.stack([logs[k] for k in keys]) for _, logs in pending]).cpu().tolist()
+        for (step, _), row in zip(pending, values):
+            if not math.isfinite(row[keys.index("loss")]):
+                last = self.run_dir / "last.json"
+                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+                raise TrainingDiverged(f"loss became {row[keys.index('loss')]} at step {step} (episode "
+                                       f"{step * self.cfg.train.episodes_per_step * self.ranks.world}); {kept}; "
+                                       "lower train.lr and resume")
+        return [dict(zip(keys, row)) for row in values]
+
     # -- the loop -------------------------------------------------------------------------------
-    def fit(self, resume: bool = False, progress: bool = True, desc: str | None = None) -> list[dict]:
+    def fit(self, resume: bool = False, progress: bool = True, desc: str | None = None,
+            read_every: int = 20) -> list[dict]:
+        """Train to the end (or resume), validating and checkpointing every ``train.val_every`` episodes.
+
+        Losses stay on the device and are read every ``read_every`` steps, so a GPU is never
+        stalled waiting for a number; a non-finite loss stops the run before anything is saved.
+        """
         cfg = self.cfg
         configure_cpu(cfg.train.threads)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        progress = progress and self.ranks.main
+        if self.ranks.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         if resume and self.resume():
-            tqdm.write(f"resumed {self.run_dir} at step {self.step}/{self.steps}")
+            if self.ranks.main:
+                tqdm.write(f"resumed {self.run_dir} at step {self.step}/{self.steps}")
         elif cfg.train.pretrain_epochs > 0:
             self.pretrain_losses = self.pretrain(progress)
             self.save(best=False)  # a kill during episodic training resumes after pre-training
-        val_steps = max(1, cfg.train.val_every // cfg.train.episodes_per_step)
+        val_steps = max(1, cfg.train.val_every // (cfg.train.episodes_per_step * self.ranks.world))
         bar = tqdm(total=self.steps, initial=self.step, desc=desc or cfg.name, disable=not progress,
                    unit="step", dynamic_ncols=True, leave=True)
         running: dict[str, float] = {}
+        pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         start = time.perf_counter()
         while self.step < self.steps:
-            logs = self.train_step(self.step)
+            pending.append((self.step, self.train_step(self.step)))
             self.step += 1
-            for k, v in logs.items():
-                running[k] = 0.9 * running.get(k, v) + 0.1 * v
             bar.update(1)
-            if self.step % val_steps == 0 or self.step == self.steps:
+            validate = self.step % val_steps == 0 or self.step == self.steps
+            if validate or len(pending) >= read_every:
+                for logs in self._read_logs(pending):
+                    for k, v in logs.items():
+                        running[k] = 0.9 * running.get(k, v) + 0.1 * v
+                pending = []
+            if validate:
                 acc, ci = self.validate()
                 improved = acc > self.best_acc
                 self.best_acc = max(self.best_acc, acc)
-                self.history.append({"step": self.step, "episodes": self.step * cfg.train.episodes_per_step,
+                self.history.append({"step": self.step,
+                                     "episodes": self.step * cfg.train.episodes_per_step * self.ranks.world,
                                      **{k: round(v, 5) for k, v in running.items()},
                                      "val_acc": acc, "val_ci95": ci,
                                      "seconds": round(time.perf_counter() - start, 2)})
@@ -293,4 +356,3 @@ class Trainer:
                                 best=f"{100 * self.best_acc:.1f}")
         bar.close()
         return self.history
-
