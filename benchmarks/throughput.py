@@ -35,7 +35,8 @@ from cmkd.data.dataset import FewShotDataset
 from cmkd.data.episodes import EpisodeSampler, episode_labels
 from cmkd.data.formats.glyphs import load_glyphs
 from cmkd.eval.evaluate import evaluate_episodes
-from cmkd.runtime import configure_cpu
+from cmkd.runtime import configure_cpu, pick_device
+from cmkd.train.forward import EpisodeForward, autocast
 from cmkd.train.loop import Trainer
 
 
@@ -90,121 +91,176 @@ def write_jpegs(ds: FewShotDataset, root: Path, source_size: int = 128) -> list[
     return files
 
 
-def bench_setting(ds: FewShotDataset, files: list[Path], backbone: str, shot: int, episodes: int,
-                  workers: int) -> dict:
-    size = ds.image_shape[1]
-    cfg = load_config(base={"out": tempfile.mkdtemp(), "name": "bench", "model.backbone": backbone,
-                            "data.image_size": size, "episode.shot": shot, "episode.query": 15,
-                            "train.val_episodes": 2, "train.val_query": 1})
-    way = cfg.episode.way
-    trainer = Trainer(cfg, ds)
-    sampler = trainer.samplers[0]
-    model, opt = trainer.model, trainer.optimizer
-    truth = episode_labels(way, 15)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def step(images: torch.Tensor) -> None:
-        emb = model.embed(images).view(1, images.shape[0], -1)
-        loss = model.loss(model.scores(emb, way, shot), emb, way, shot)
+
+def peak_device_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def timed_steps(trainer: Trainer, first: int, steps: int) -> float:
+    """Seconds for ``steps`` full training steps (sampling, gather, augmentation, forward, backward)."""
+    sync(trainer.device)
+    t0 = time.perf_counter()
+    for s in range(first, first + steps):
+        trainer.train_step(s)
+    sync(trainer.device)
+    return time.perf_counter() - t0
+
+
+def bench_setting(ds: FewShotDataset, files: list[Path], backbone: str, shot: int, episodes: int, args) -> dict:
+    size, device = ds.image_shape[1], args.device
+    per_step, warm = args.episodes_per_step, args.warmup
+    base = {"out": tempfile.mkdtemp(), "name": "bench", "model.backbone": backbone, "data.image_size": size,
+            "episode.shot": shot, "episode.query": 15, "train.val_episodes": 2, "train.val_query": 1,
+            "train.episodes_per_step": per_step, "train.precision": args.precision, "train.compile": args.compile}
+    cfg = load_config(base={**base, "data.placement": "device"})
+    way = cfg.episode.way
+    trainer = Trainer(cfg, ds, device)
+    steps = max(1, episodes // per_step)
+
+    # (a) cmkd: the trainer's own step; the compile (if any) happens in the warm-up
+    t0 = time.perf_counter()
+    timed_steps(trainer, 0, warm)
+    warm_seconds = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_t = timed_steps(trainer, warm, steps)
+    cmkd_train = steps * per_step / train_t
+    peak_mb = peak_device_mb(device)
+    # the data part alone on the same steps: sampling, gather, conversion, augmentation
+    sync(device)
+    t0 = time.perf_counter()
+    for s in range(warm, warm + steps):
+        gen = torch.Generator(device=device).manual_seed(s)
+        trainer.data.images_for(trainer._episode_indices(s).reshape(-1), True, gen)
+    sync(device)
+    data_t = time.perf_counter() - t0
+    # the host placement: images stay in host memory, copied per step, prefetched
+    host = Trainer(load_config(base={**base, "data.placement": "host", "train.compile": False}), ds, device)
+    timed_steps(host, 0, warm)
+    host_train = steps * per_step / timed_steps(host, warm, steps)
+
+    # (b) conventional: JPEG files decoded by PIL in DataLoader workers, one episode per batch
+    forward = EpisodeForward(trainer.model, way, shot, trainer.precision, device)
+    opt = trainer.optimizer
+
+    def step(batch: torch.Tensor, s: int) -> None:
+        x = random_affine(to_float(batch.to(device, non_blocking=True)), torch.Generator(device).manual_seed(s))
+        loss = forward(x, None, 1)[2]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    # (a) cmkd: time the data part and the whole step separately
-    trainer.train_step(0)  # warm-up
-    data_t = total_t = 0.0
-    for s in range(1, episodes + 1):
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(s)
-        idx = torch.as_tensor(sampler.episode(0, s).indices)
-        x = random_affine(to_float(trainer.data.images[idx]), gen)
-        t1 = time.perf_counter()
-        step(x)
-        t2 = time.perf_counter()
-        data_t += t1 - t0
-        total_t += t2 - t0
-    cmkd_train = episodes / total_t
-
-    # (b) conventional: DataLoader with workers and a batch sampler of episodes, same model and episodes
-    loader = torch.utils.data.DataLoader(JpegEpisodes(files, size), num_workers=workers,
-                                         batch_sampler=EpisodeBatches(sampler, 0, episodes + 1))
+    n_conv = args.conventional_episodes or episodes
+    loader = torch.utils.data.DataLoader(JpegEpisodes(files, size), num_workers=args.workers,
+                                         batch_sampler=EpisodeBatches(trainer.samplers[0], 0, n_conv + warm),
+                                         pin_memory=device.type == "cuda", persistent_workers=False)
     it = iter(loader)
-    step(random_affine(to_float(next(it)), torch.Generator().manual_seed(0)))  # warm-up (workers started)
+    for s in range(warm):  # workers started, first batches decoded
+        step(next(it), s)
+    sync(device)
     t0 = time.perf_counter()
-    for s, batch in enumerate(it, 1):
-        step(random_affine(to_float(batch), torch.Generator().manual_seed(s)))
-    conv_train = episodes / (time.perf_counter() - t0)
+    for s, batch in enumerate(it, warm):
+        step(batch, s)
+    sync(device)
+    conv_train = n_conv / (time.perf_counter() - t0)
 
     # evaluation: cmkd embeds the needed images once; the conventional loader decodes per episode
-    eval_eps = sampler.fixed(episodes * 4, 99)
-    model.eval()
+    eval_eps = trainer.samplers[0].fixed(max(4 * episodes, 100), 99)
+    truth = episode_labels(way, 15, device)
+    model = trainer.model.eval()
     with torch.no_grad():
+        sync(device)
         t0 = time.perf_counter()
-        evaluate_episodes(model, trainer.data, eval_eps, way, shot)
+        evaluate_episodes(model, trainer.data, eval_eps, way, shot, precision=trainer.precision)
+        sync(device)
         cmkd_eval = len(eval_eps) / (time.perf_counter() - t0)
-        loader = torch.utils.data.DataLoader(JpegEpisodes(files, size), num_workers=workers,
-                                             batch_sampler=[row.tolist() for row in eval_eps[:episodes]])
+        loader = torch.utils.data.DataLoader(JpegEpisodes(files, size), num_workers=args.workers,
+                                             batch_sampler=[row.tolist() for row in eval_eps[:n_conv]],
+                                             pin_memory=device.type == "cuda")
         t0 = time.perf_counter()
         for batch in loader:
-            emb = model.embed(to_float(batch)).view(1, batch.shape[0], -1)
-            (model.scores(emb, way, shot).argmax(-1) == truth).float().mean()
-        conv_eval = episodes / (time.perf_counter() - t0)
+            with autocast(trainer.precision, device):
+                emb = model.embed(to_float(batch.to(device, non_blocking=True))).float()
+            (model.scores(emb.view(1, batch.shape[0], -1), way, shot).argmax(-1) == truth).float().mean().item()
+        conv_eval = min(n_conv, len(eval_eps)) / (time.perf_counter() - t0)
     model.train()
     return {"backbone": backbone, "image_size": size, "way": way, "shot": shot, "query": 15,
-            "timed_train_episodes": episodes, "cmkd_train_eps": cmkd_train, "conventional_train_eps": conv_train,
-            "train_ratio": cmkd_train / conv_train, "data_share_of_cmkd_step": data_t / total_t,
+            "episodes_per_step": per_step, "precision": trainer.precision, "compile": args.compile,
+            "timed_train_episodes": steps * per_step, "warmup_seconds": warm_seconds,
+            "cmkd_train_eps": cmkd_train, "host_placement_train_eps": host_train,
+            "conventional_train_eps": conv_train, "train_ratio": cmkd_train / conv_train,
+            "data_share_of_cmkd_step": data_t / train_t, "peak_device_mb": peak_mb,
             "cmkd_eval_eps": cmkd_eval, "conventional_eval_eps": conv_eval, "eval_ratio": cmkd_eval / conv_eval}
 
 
-def bench_distill(ds: FewShotDataset, episodes: int) -> dict:
+def bench_distill(ds: FewShotDataset, episodes: int, args) -> dict:
     """A plain student step vs a distillation step (cached and live teacher), same episodes."""
     size = ds.image_shape[1]
     base = {"out": tempfile.mkdtemp(), "data.image_size": size, "train.val_episodes": 2, "train.val_query": 1,
-            "episode.query": 15}
-    teacher = Trainer(load_config(base={**base, "name": "t", "model.modality": "image+text"}), ds).model.eval()
+            "episode.query": 15, "train.episodes_per_step": args.episodes_per_step,
+            "train.precision": args.precision}
+    teacher = Trainer(load_config(base={**base, "name": "t", "model.modality": "image+text"}), ds,
+                      args.device).model.eval()
     out = {}
+    steps = max(1, episodes // args.episodes_per_step)
     for name, extra, t in (("plain", {}, None), ("distill_cached_teacher", {}, teacher),
                            ("distill_live_teacher", {"distill.teacher_inputs": "same"}, teacher)):
-        tr = Trainer(load_config(base={**base, **extra, "name": name}), ds, teacher=t)
-        tr.train_step(0)
-        t0 = time.perf_counter()
-        for s in range(1, episodes + 1):
-            tr.train_step(s)
-        out[name] = (time.perf_counter() - t0) / episodes
+        tr = Trainer(load_config(base={**base, **extra, "name": name}), ds, args.device, teacher=t)
+        timed_steps(tr, 0, args.warmup)
+        out[name] = timed_steps(tr, args.warmup, steps) / steps
     return {"seconds_per_step": out, "cached_over_plain": out["distill_cached_teacher"] / out["plain"],
             "live_over_plain": out["distill_live_teacher"] / out["plain"]}
 
 
+SETTINGS = (("conv4", 84, 1), ("conv4", 84, 5), ("resnet12", 84, 1), ("conv4", 32, 1), ("conv4", 32, 5))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", type=torch.device, default=pick_device(), help="cpu or cuda (default: cuda if any)")
     ap.add_argument("--episodes", type=int, default=20, help="timed training episodes per Conv-4 setting")
-    ap.add_argument("--resnet-episodes", type=int, default=2, help="ResNet-12 at 84px is slow on a CPU")
+    ap.add_argument("--resnet-episodes", type=int, default=2, help="ResNet-12 at 84px is slow on a CPU; 0 skips it")
+    ap.add_argument("--conventional-episodes", type=int, help="timed episodes of the conventional pipeline "
+                    "(default: as many as cmkd)")
+    ap.add_argument("--episodes-per-step", type=int, default=1, help="cmkd episodes batched per optimizer step")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile the cmkd training forward")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (the compile happens there)")
+    ap.add_argument("--only", nargs="+", metavar="BACKBONE-SIZE-SHOT", help="e.g. conv4-84-1 resnet12-84-1")
+    ap.add_argument("--no-distill", action="store_true", help="skip the distillation-step measurement")
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--per-class", type=int, default=20)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers (default: all cores)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/throughput_cpu.json"))
     args = ap.parse_args()
     threads = configure_cpu()
     glyphs = load_glyphs(32)
+    chosen = [s for s in SETTINGS if not args.only or f"{s[0]}-{s[1]}-{s[2]}" in args.only]
     rows = []
-    for size, settings in ((84, [("conv4", 1, args.episodes), ("conv4", 5, args.episodes),
-                                 ("resnet12", 1, args.resnet_episodes)]),
-                           (32, [("conv4", 1, args.episodes), ("conv4", 5, args.episodes)])):
+    for size in sorted({s[1] for s in chosen}, reverse=True):
         ds = resized_subset(glyphs, args.classes, args.per_class, size)
         with tempfile.TemporaryDirectory() as tmp:
             files = write_jpegs(ds, Path(tmp))
-            for backbone, shot, n in settings:
+            for backbone, _, shot in [s for s in chosen if s[1] == size]:
+                n = args.resnet_episodes if backbone == "resnet12" else args.episodes
                 if n <= 0:
                     print(f"skipped {backbone} {size}px: --resnet-episodes 0")
                     continue
-                row = bench_setting(ds, files, backbone, shot, n, args.workers)
+                row = bench_setting(ds, files, backbone, shot, n, args)
                 rows.append(row)
                 print(f"{backbone} {size}px {shot}-shot: train {row['cmkd_train_eps']:.2f} vs "
                       f"{row['conventional_train_eps']:.2f} eps/s (x{row['train_ratio']:.2f}), data share "
                       f"{100 * row['data_share_of_cmkd_step']:.1f}%, eval {row['cmkd_eval_eps']:.1f} vs "
                       f"{row['conventional_eval_eps']:.1f} eps/s (x{row['eval_ratio']:.1f})", flush=True)
-    distill = bench_distill(resized_subset(glyphs, args.classes, args.per_class, 32), args.episodes)
+    distill = None if args.no_distill else bench_distill(resized_subset(glyphs, args.classes, args.per_class, 32),
+                                                         args.episodes, args)
+    gpu = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else None
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                          "torch": torch.__version__, "threads": threads, "device": "cpu",
+                          "torch": torch.__version__, "threads": threads, "device": str(args.device), "gpu": gpu,
                           "dataloader_workers": args.workers},
               "dataset": f"glyphs, {args.classes} base classes x {args.per_class} images, replicated to RGB, "
                          "JPEG files at 128px for the conventional pipeline",
@@ -212,16 +268,20 @@ def main() -> None:
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print("\n| backbone | size | shot | cmkd train eps/s | conventional | ratio | data share | cmkd eval eps/s "
-          "| conventional | ratio |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| backbone | size | shot | eps/step | precision | cmkd train eps/s | host placement | conventional "
+          "| ratio | data share | peak device MB | cmkd eval eps/s | conventional | ratio |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['backbone']} | {r['image_size']} | {r['shot']} | {r['cmkd_train_eps']:.2f} | "
-              f"{r['conventional_train_eps']:.2f} | {r['train_ratio']:.2f} | "
-              f"{100 * r['data_share_of_cmkd_step']:.1f}% | {r['cmkd_eval_eps']:.1f} | "
+        mem = "-" if r["peak_device_mb"] is None else f"{r['peak_device_mb']:.0f}"
+        print(f"| {r['backbone']} | {r['image_size']} | {r['shot']} | {r['episodes_per_step']} | "
+              f"{r['precision']}{' compiled' if r['compile'] else ''} | {r['cmkd_train_eps']:.2f} | "
+              f"{r['host_placement_train_eps']:.2f} | {r['conventional_train_eps']:.2f} | {r['train_ratio']:.2f} | "
+              f"{100 * r['data_share_of_cmkd_step']:.1f}% | {mem} | {r['cmkd_eval_eps']:.1f} | "
               f"{r['conventional_eval_eps']:.1f} | {r['eval_ratio']:.1f} |")
-    d = distill["seconds_per_step"]
-    print(f"\ndistillation step / plain step (Conv-4 32px 1-shot): cached teacher {distill['cached_over_plain']:.2f}, "
-          f"live teacher {distill['live_over_plain']:.2f} ({d})")
+    if distill:
+        print(f"\ndistillation step / plain step (Conv-4 32px 1-shot): cached teacher "
+              f"{distill['cached_over_plain']:.2f}, live teacher {distill['live_over_plain']:.2f} "
+              f"({distill['seconds_per_step']})")
     print(f"peak RSS {result['peak_rss_mb']:.0f} MB; {args.out}")
 
 

@@ -52,6 +52,17 @@ def _as_numpy(idx: Indices) -> np.ndarray:
     return np.ascontiguousarray(idx.cpu().numpy() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
 
 
+def upload(idx: Indices, device: torch.device) -> torch.Tensor:
+    """Indices as a tensor on ``device``; from the host through pinned memory, so the host does
+    not wait for the device to finish its queued work (a plain copy would)."""
+    if isinstance(idx, torch.Tensor):
+        return idx.to(device)
+    rows = torch.from_numpy(_as_numpy(idx))
+    if device.type != "cuda":
+        return rows
+    return rows.pin_memory().to(device, non_blocking=True)
+
+
 class HostImages:
     """uint8 images in host memory, gathered per request and copied to ``device``.
 
@@ -113,11 +124,14 @@ class DeviceData:
                                                    self.dataset.files).to(self.device)
         return self._tables[key]
 
+    def upload(self, idx: Indices) -> torch.Tensor:
+        return upload(idx, self.device)
+
     def gather(self, idx: Indices) -> torch.Tensor:
         """uint8 images ``idx`` on the device."""
         if self.host is not None:
             return self.host.gather(idx)
-        return self.images[torch.as_tensor(idx, device=self.device)]
+        return self.images[self.upload(idx)]
 
     def prefetch(self, idx: Indices) -> None:
         """Announce the next ``gather``: the host placement starts it in the background."""
@@ -155,6 +169,6 @@ class DeviceData:
         """
         if model.uses_image and images is None:
             images = self.images_for(idx)
-        text, mask = (self.text_inputs(model, torch.as_tensor(idx, device=self.device), caption_ids, all_captions)
+        text, mask = (self.text_inputs(model, self.upload(idx), caption_ids, all_captions)
                       if model.uses_text else (None, None))
         return model.embed(images if model.uses_image else None, text, mask)

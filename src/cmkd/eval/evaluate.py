@@ -16,7 +16,7 @@ import torch
 
 from cmkd import distributed
 from cmkd.config import EpisodeConfig
-from cmkd.data.device import DeviceData
+from cmkd.data.device import DeviceData, upload
 from cmkd.data.episodes import EpisodeSampler, episode_labels
 from cmkd.train.forward import autocast
 
@@ -54,7 +54,7 @@ class Embedded:
         pos = np.searchsorted(self.indices, episodes)
         if not np.array_equal(self.indices[np.minimum(pos, len(self.indices) - 1)], episodes):
             raise KeyError("an episode uses samples that were not embedded")
-        return self.emb[torch.as_tensor(pos, device=self.emb.device)]
+        return self.emb[upload(pos, self.emb.device)]
 
 
 def embed_samples(model: torch.nn.Module, data: DeviceData, indices: np.ndarray,

@@ -166,9 +166,10 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(seed)
         episodes = self._episode_indices(step)
         n_ep, n = episodes.shape
-        flat = torch.as_tensor(episodes.reshape(-1), device=self.device)
+        flat = self.data.upload(episodes.reshape(-1))
         live_teacher = self.teacher if self.teacher_cache is None else None
-        images = self.data.images_for(episodes.reshape(-1), cfg.data.augment, gen, cfg.data.hflip) if (
+        images = self.data.images_for(flat if self.data.host is None else episodes.reshape(-1), cfg.data.augment,
+                                      gen, cfg.data.hflip) if (
             self.model.uses_image or (live_teacher is not None and live_teacher.uses_image)) else None
         if images is not None and self.data.host is not None and step + 1 < self.steps:
             self.data.prefetch(self._episode_indices(step + 1).reshape(-1))  # gathered while this step runs
