@@ -176,7 +176,7 @@ def bench_setting(ds: FewShotDataset, files: list[Path], backbone: str, shot: in
     conv_train = n_conv / (time.perf_counter() - t0)
 
     # evaluation: cmkd embeds the needed images once; the conventional loader decodes per episode
-    eval_eps = trainer.samplers[0].fixed(max(4 * episodes, 100), 99)
+    eval_eps = trainer.samplers[0].fixed(4 * episodes, 99)
     truth = episode_labels(way, 15, device)
     model = trainer.model.eval()
     with torch.no_grad():

@@ -31,9 +31,12 @@ def episode_list(data: DeviceData, split: str, setting: EpisodeConfig, count: in
 
 @torch.no_grad()
 def embed_indices(model: torch.nn.Module, data: DeviceData, indices: np.ndarray, all_captions: bool = True,
-                  precision: str = "fp32", batch: int = 1024) -> torch.Tensor:
+                  precision: str = "fp32", batch: int | None = None) -> torch.Tensor:
     """Eval-mode float32 embeddings ``[len(indices), D]`` of the given samples (encoders
-    run in ``precision``)."""
+    run in ``precision``), ``batch`` at a time (default: 2M pixels, at most 1024 images, so
+    ResNet-12 at 84 px stays within a few GB)."""
+    _, h, w = data.dataset.image_shape
+    batch = batch or max(1, min(1024, (1 << 21) // (h * w)))
     was_training = model.training
     model.eval()
     with autocast(precision, data.device):
