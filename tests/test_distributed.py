@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cmkd.config import load_config
 from cmkd.distributed import Ranks, shard
+from cmkd.runtime import configure_cpu
 from cmkd.train.loop import Trainer
 from conftest import subset
 from ddp_worker import WORKER_CONFIG, WORKER_SUBSET
@@ -81,3 +83,14 @@ def test_sharded_evaluation_equals_single_process_per_episode(tmp_path, small, f
     for a, b in zip(one["settings"], two["settings"]):
         assert len(b["per_episode"]["student"]) == 41
         assert a["per_episode"] == b["per_episode"], a["label"]
+
+
+def test_local_processes_share_the_cores(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    try:
+        assert configure_cpu() == 4 and torch.get_num_threads() == 4
+        assert configure_cpu(3) == 3, "an explicit train.threads wins"
+    finally:
+        torch.set_num_threads(before)

@@ -87,11 +87,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         settings = [s for s in settings if not s.fine_grained]
     names = list(models)
     pairs = [(n, args.reference or names[0]) for n in names if n != (args.reference or names[0])]
-    main = distributed.ranks().main
+    ranks, precision = distributed.ranks(), resolve_precision(args.precision, device)
     result = compare(models, data, settings, args.split, args.episodes, args.seed, pairs,
-                     data_cfg.eval_captions == "mean", main, resolve_precision(args.precision, device))
-    result["precision"], result["processes"] = resolve_precision(args.precision, device), distributed.ranks().world
-    if not main:
+                     data_cfg.eval_captions == "mean", ranks.main, precision)
+    result["precision"], result["processes"] = precision, ranks.world
+    if not ranks.main:
         return
     out = write_json(result, args.out)
     print(table(result))
@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--name", help="run name: weights go to <out>/<name>")
         sp.add_argument("--modality", choices=["image", "text", "image+text"])
         sp.add_argument("--resume", action="store_true", help="continue from <run>/last.json")
-        sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+        sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; under torchrun each "
+                        "rank takes the GPU of its local rank)")
         sp.add_argument("overrides", nargs="*", metavar="section.key=value")
 
     t = sub.add_parser("train", help="train a few-shot model (student or image+text teacher)")
