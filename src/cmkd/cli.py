@@ -24,7 +24,8 @@ def _config(args: argparse.Namespace, base: dict | None = None) -> Config:
     return load_config(args.config, args.overrides, base)
 
 
-def _report(trainer, cfg: Config) -> None:
+def _report(trainer) -> None:
+    cfg = trainer.cfg
     if trainer.ranks.main:
         print(f"best val accuracy {100 * trainer.best_acc:.2f}% ({cfg.episode.label()}); weights in {cfg.run_dir}"
               + (f" ({trainer.ranks.world} processes)" if trainer.ranks.world > 1 else ""))
@@ -38,7 +39,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = _config(args)
     trainer = Trainer(cfg, load_dataset(cfg.data), distributed.setup(args.device))
     trainer.fit(resume=args.resume)
-    _report(trainer, cfg)
+    _report(trainer)
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
@@ -60,7 +61,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     init = load_model(args.init, device)[0] if args.init else None
     trainer = Trainer(cfg, load_dataset(cfg.data), device, teacher=teacher, init=init)
     trainer.fit(resume=args.resume)
-    _report(trainer, cfg)
+    _report(trainer)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

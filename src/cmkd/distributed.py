@@ -22,7 +22,6 @@ from cmkd.runtime import pick_device
 class Ranks:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -53,7 +52,7 @@ def setup(device: str | None = None) -> torch.device:
 
 def ranks() -> Ranks:
     if dist.is_available() and dist.is_initialized():
-        return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+        return Ranks(dist.get_rank(), dist.get_world_size())
     return Ranks()
 
 
