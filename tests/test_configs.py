@@ -1,5 +1,6 @@
 """Every shipped config loads, and the CUB paper configs run on a fixture in CUB's real layout."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -29,4 +30,8 @@ def test_cub_paper_configs_run_on_a_fixture(backbone, tmp_path, monkeypatch):
     configs = Path(__file__).parents[1] / "configs" / "cub"
     assert main(["train", "--config", str(configs / f"{backbone}_teacher.yaml"), *tiny]) == 0
     assert main(["distill", "--config", str(configs / f"{backbone}_cmkd.yaml"), "--modality", "text",
-                 "--teacher", str(tmp_path / "runs" / f"cub_{backbone}_teacher"), *tiny]) == 0
+                 "--name", "text_student", "--teacher", str(tmp_path / "runs" / f"cub_{backbone}_teacher"),
+                 *tiny]) == 0
+    meta = json.loads((tmp_path / "runs" / "text_student" / "best.json").read_text())
+    assert meta["spec"]["model"]["modality"] == "text" and meta["spec"]["model"]["backbone"] == backbone
+    assert not (tmp_path / "runs" / f"cub_{backbone}_cmkd").exists()

@@ -2,19 +2,37 @@
 # The paper's CUB experiments: {Conv-4, ResNet-12} x {1-shot, 5-shot} x {image, text} students,
 # each as teacher -> student + CMKD -> student alone, scored on the same 2000 novel episodes.
 # Needs a prepared cache (cmkd prepare cub ... --name cub_84) and, realistically, a GPU.
+#
+#   bash configs/cub/run_paper.sh            # run the grid (each run resumes where it stopped)
+#   bash configs/cub/run_paper.sh --dry-run  # print every run's effective config (YAML documents) instead
+#
+# Every run has its own name; command-line flags win over the YAML files (defaults < file < flags < key=value).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+cmkd="${CMKD:-cmkd}"
+dry=()
+if [[ "${1:-}" == "--dry-run" ]]; then dry=(--print-config); fi
+
+run() {  # run SUBCOMMAND ARGS...: a training run, or its effective config in a dry run
+  if [[ ${#dry[@]} -gt 0 ]]; then echo "---"; fi
+  "$cmkd" "$1" "${dry[@]}" "${@:2}"
+}
+
+evaluate() {
+  if [[ ${#dry[@]} -gt 0 ]]; then echo "# evaluate $*"; else "$cmkd" evaluate "$@"; fi
+}
+
 for bb in conv4 resnet12; do
   for shot in 1 5; do
     t="cub_${bb}_${shot}shot_teacher"
-    cmkd train --config "configs/cub/${bb}_teacher.yaml" --name "$t" --resume "episode.shot=$shot"
+    run train --config "configs/cub/${bb}_teacher.yaml" --name "$t" --resume "episode.shot=$shot"
     for modality in image text; do
       s="cub_${bb}_${shot}shot_${modality}"
-      cmkd distill --config "configs/cub/${bb}_cmkd.yaml" --teacher "runs/$t" --modality "$modality" \
+      run distill --config "configs/cub/${bb}_cmkd.yaml" --teacher "runs/$t" --modality "$modality" \
         --name "${s}_cmkd" --resume "episode.shot=$shot"
-      cmkd train --config "configs/cub/${bb}_student.yaml" --modality "$modality" --name "${s}_alone" \
+      run train --config "configs/cub/${bb}_student.yaml" --modality "$modality" --name "${s}_alone" \
         --resume "episode.shot=$shot"
-      cmkd evaluate "student=runs/${s}_alone" "student+CMKD=runs/${s}_cmkd" "teacher=runs/$t" \
+      evaluate "student=runs/${s}_alone" "student+CMKD=runs/${s}_cmkd" "teacher=runs/$t" \
         --shots "$shot" --fine-grained --episodes 2000 --out "runs/${s}_evaluation.json"
     done
   done

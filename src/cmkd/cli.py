@@ -9,19 +9,27 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from cmkd.config import Config, ConfigError, DataConfig, EpisodeConfig, load_config
 from cmkd.data.images import ImageError
 from cmkd.train.checkpoint import CheckpointError
 
 
-def _config(args: argparse.Namespace, base: dict | None = None) -> Config:
-    base = dict(base or {})
-    if getattr(args, "name", None):
-        base["name"] = args.name
-    if getattr(args, "modality", None):
-        base["model.modality"] = args.modality
-    return load_config(args.config, args.overrides, base)
+#: Command-line flags that set a config field: flag attribute -> dotted key.
+CONFIG_FLAGS = {"name": "name", "modality": "model.modality", "method": "distill.method",
+                "teacher": "distill.teacher"}
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """The effective config: defaults < ``--config`` file < flags the user typed < ``key=value``."""
+    flags = {key: str(getattr(args, attr)) for attr, key in CONFIG_FLAGS.items()
+             if getattr(args, attr, None) is not None}
+    return load_config(args.config, args.overrides, flags=flags)
+
+
+def _print_config(cfg: Config) -> None:
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
 
 
 def _report(trainer) -> None:
@@ -37,6 +45,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from cmkd.train.loop import Trainer
 
     cfg = _config(args)
+    if args.print_config:
+        return _print_config(cfg)
     trainer = Trainer(cfg, load_dataset(cfg.data), distributed.setup(args.device))
     trainer.fit(resume=args.resume)
     _report(trainer)
@@ -47,16 +57,17 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from cmkd.data.registry import load_dataset
     from cmkd.train.loop import Trainer, load_model
 
-    device = distributed.setup(args.device)
-    teacher, meta = load_model(args.teacher, device)
-    base = {"distill.teacher": str(args.teacher)}
-    if args.method:
-        base["distill.method"] = args.method
-    cfg = _config(args, base)
+    cfg = _config(args)
+    if args.print_config:
+        return _print_config(cfg)
+    if cfg.distill.teacher is None:
+        raise ConfigError("distill needs a teacher: pass --teacher RUN or set distill.teacher in the config")
     if cfg.model.modality == "image+text":
         raise ConfigError("model.modality: a distilled student sees one modality; use image or text")
+    device = distributed.setup(args.device)
+    teacher, meta = load_model(cfg.distill.teacher, device)
     if teacher.cfg.modality == cfg.model.modality:
-        raise ConfigError(f"the teacher at {args.teacher} sees only {teacher.cfg.modality}; CMKD needs a "
+        raise ConfigError(f"the teacher at {cfg.distill.teacher} sees only {teacher.cfg.modality}; CMKD needs a "
                           "teacher with the other modality too (train one with --modality image+text)")
     init = load_model(args.init, device)[0] if args.init else None
     trainer = Trainer(cfg, load_dataset(cfg.data), device, teacher=teacher, init=init)
@@ -183,19 +194,21 @@ def cmd_datasets(args: argparse.Namespace) -> None:
     m = glyph_manifest()
     c = m["counts"]
     info = {"glyphs": {"classes": c["classes"], "images": c["images"], "sizes": m["sizes"],
-                       "groups": c["groups"], "splits": c["split_classes"], "caption_coverage": 1.0,
+                       "groups": c["groups"], "splits": c["split_classes"], "captioned_images": c["images"],
+                       "caption_coverage": 1.0,
                        "note": f"embedded; {c['faces']} font faces, renderings per class {c['renderings_per_class']}"}}
     for name, folder, meta in prepared_datasets():
         s = load_prepared(folder, mmap=True).summary()  # counts only: no need to read the images
         info[name] = {"classes": s["classes"], "images": s["images"], "sizes": [meta["size"]], "groups": s["groups"],
-                      "splits": s["splits"], "caption_coverage": s["caption_coverage"],
+                      "splits": s["splits"], "captioned_images": s["captioned_images"],
+                      "caption_coverage": s["caption_coverage"],
                       "note": f"{meta['format']} at {folder}, {len(meta['skipped_bad'])} bad images skipped"}
     if args.json:
         print(json.dumps(info, indent=1))
         return
     for name, d in info.items():
         print(f"{name}: {d['classes']} classes, {d['images']} images, sizes {d['sizes']}, {d['groups']} groups, "
-              f"splits {d['splits']}, captions on {100 * d['caption_coverage']:.0f}% of images ({d['note']})")
+              f"splits {d['splits']}, captions on {d['captioned_images']} of {d['images']} images ({d['note']})")
     if len(info) == 1:
         print(f"(no prepared datasets in {data_home()}; `cmkd prepare` makes one)")
 
@@ -212,10 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", type=Path, help="YAML config (see configs/)")
-        sp.add_argument("--name", help="run name: weights go to <out>/<name>")
-        sp.add_argument("--modality", choices=["image", "text", "image+text"])
+        sp.add_argument("--config", type=Path, help="YAML config (see configs/); flags and key=value win over it")
+        sp.add_argument("--name", help="run name: weights go to <out>/<name> (sets name)")
+        sp.add_argument("--modality", choices=["image", "text", "image+text"], help="sets model.modality")
         sp.add_argument("--resume", action="store_true", help="continue from <run>/last.json")
+        sp.add_argument("--print-config", action="store_true",
+                        help="print the effective config (defaults < file < flags < key=value) and exit")
         sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; under torchrun each "
                         "rank takes the GPU of its local rank)")
         sp.add_argument("overrides", nargs="*", metavar="section.key=value")
@@ -226,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("distill", help="train a one-modality student with CE + lambda * SRL from a teacher")
     common(d)
-    d.add_argument("--teacher", required=True, type=Path, help="teacher run directory or checkpoint")
-    d.add_argument("--method", choices=["none", "kd", "rkd", "srl"])
+    d.add_argument("--teacher", type=Path, help="teacher run directory or checkpoint (sets distill.teacher)")
+    d.add_argument("--method", choices=["none", "kd", "rkd", "srl"], help="sets distill.method")
     d.add_argument("--init", type=Path, help="start the student from this checkpoint")
     d.set_defaults(func=cmd_distill)
 
@@ -288,7 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from cmkd import distributed
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow a flag (`... --resume train.episodes=900`)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except (ConfigError, CheckpointError, FileNotFoundError, ImageError) as err:

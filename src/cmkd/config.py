@@ -208,8 +208,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                base: dict[str, Any] | None = None) -> Config:
-    """Config from defaults, then ``base``, then a YAML file, then ``key=value`` overrides."""
+                base: dict[str, Any] | None = None, flags: dict[str, Any] | None = None) -> Config:
+    """The effective config. Each layer overrides the ones before it:
+
+    defaults < ``base`` (a caller's own defaults) < the YAML file at ``path`` < ``flags``
+    (dotted keys set by command-line flags the user typed) < ``key=value`` ``overrides``.
+    """
     tree: dict[str, Any] = {}
     for key, value in (base or {}).items():
         _set_dotted(tree, key, value)
@@ -221,6 +225,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
         _merge(tree, loaded)
+    for key, value in (flags or {}).items():
+        _set_dotted(tree, key, value)
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(tree, key, value)
@@ -254,3 +260,34 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config field 'episode.way' must be at least 2: one class is no classification")
     if cfg.distill.tau <= 0:
         raise ConfigError(f"config field 'distill.tau' must be positive, got {cfg.distill.tau}")
+
+
+#: Fields a resumed run may change: where it is written, how fast it runs, evaluation-only settings,
+#: and the teacher's path (the teacher itself is compared by its weights). ``train.episodes`` may grow.
+RESUME_MAY_CHANGE = ("name", "out", "train.threads", "data.placement", "train.compile", "distill.teacher", "eval")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Training-relevant differences between a stored run's config and a new one, as
+    ``'field: old -> new'`` lines (empty when the new config may continue the old run)."""
+    a, b = _flatten(old), _flatten(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == m or key.startswith(m + ".") for m in RESUME_MAY_CHANGE):
+            continue
+        if key == "train.episodes":
+            if b.get(key, 0) < a.get(key, 0):
+                out.append(f"train.episodes: {a[key]} -> {b[key]} (the episode budget may only grow)")
+        elif a.get(key, "<unset>") != b.get(key, "<unset>"):
+            out.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
+    return out

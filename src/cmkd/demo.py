@@ -19,7 +19,7 @@ from cmkd.data.registry import load_dataset
 from cmkd.eval.compare import compare, table, write_json
 from cmkd.eval.evaluate import episode_list
 from cmkd.eval.plots import plot_relations, plot_val_curves
-from cmkd.runtime import configure_cpu
+from cmkd.runtime import configure_cpu, provenance_line
 from cmkd.train.loop import Trainer
 
 #: Settings shared by every demo run (Conv-4 at 32x32, 5-way 1-shot training episodes).
@@ -129,7 +129,7 @@ def _write_report(path: Path, result: dict, quick: bool) -> None:
         f"Evaluation: {result['episodes']} fixed {result['split']} episodes per setting (seed {result['seed']}), "
         f"the same for every method; mean accuracy ± {result['ci']}; paired differences with a paired "
         "t-test.",
-        f"Commit {result['commit']}; wall time {result['wall_seconds']['total']:.0f} s "
+        f"Produced by {provenance_line(result['provenance'])}; wall time {result['wall_seconds']['total']:.0f} s "
         f"(training {result['wall_seconds']['train']:.0f} s).",
         "",
         "## Accuracy on novel classes (%)",

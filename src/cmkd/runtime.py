@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -39,16 +40,61 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@lru_cache(maxsize=1)
-def git_commit() -> str:
-    """The commit of the cmkd source tree, or 'unknown' outside a git checkout."""
+def source_commit(package_dir: str | Path | None = None) -> str | None:
+    """The git commit of a cmkd *checkout* the package runs from (``-dirty`` when modified), else None.
+
+    Only a repository whose ``src/cmkd`` is this package counts: a cmkd installed into a
+    virtual environment that happens to sit inside some other git repository records no
+    commit (that repository's HEAD says nothing about cmkd).
+    """
+    package = Path(package_dir or Path(__file__).parent).resolve()
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() / "src" / "cmkd" != package:
+        return None
+    head = git("rev-parse", "HEAD")
+    if head is None:
+        return None
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    """The GPU's name, or the CPU's model name and core count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
-        if out.returncode == 0:
-            return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.TimeoutExpired):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
         pass
-    return "unknown"
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+@lru_cache(maxsize=8)
+def _provenance(device: str) -> tuple[tuple[str, str | None], ...]:
+    from cmkd import __version__
+
+    return (("cmkd", __version__), ("git_commit", source_commit()), ("torch", torch.__version__),
+            ("python", platform.python_version()), ("device", device_name(device)))
+
+
+def provenance(device: torch.device | str = "cpu") -> dict[str, str | None]:
+    """What produced a result: cmkd's version (and commit when run from a cmkd checkout), the torch
+    build, Python and the device. Per-episode accuracies are bit-identical only when all of these match."""
+    return dict(_provenance(str(torch.device(device))))
+
+
+def provenance_line(p: dict[str, str | None]) -> str:
+    """``provenance()`` as one readable line."""
+    commit = f" (commit {p['git_commit'][:12]}{'-dirty' if p['git_commit'].endswith('-dirty') else ''})" \
+        if p.get("git_commit") else ""
+    return f"cmkd {p['cmkd']}{commit}, torch {p['torch']}, Python {p['python']}, {p['device']}"

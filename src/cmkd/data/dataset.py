@@ -75,5 +75,6 @@ class FewShotDataset:
                                  "max": int(counts.max())},
             "groups": len(set(self.groups)),
             "splits": {k: len(v) for k, v in self.splits.items()},
+            "captioned_images": captioned,
             "caption_coverage": captioned / max(len(self.captions), 1),
         }

@@ -14,7 +14,7 @@ from cmkd.config import EpisodeConfig
 from cmkd.data.device import DeviceData
 from cmkd.eval.evaluate import episode_list, evaluate_lists
 from cmkd.eval.stats import mean_ci, paired_difference
-from cmkd.runtime import git_commit
+from cmkd.runtime import provenance
 
 
 def compare(models: dict[str, torch.nn.Module], data: DeviceData, settings: Sequence[EpisodeConfig],
@@ -28,7 +28,7 @@ def compare(models: dict[str, torch.nn.Module], data: DeviceData, settings: Sequ
     """
     ds = data.dataset
     result = {"dataset": ds.name, "split": split, "image_shape": list(ds.image_shape), "episodes": episodes,
-              "seed": seed, "commit": git_commit(), "ci": "1.96 * std(ddof=1) / sqrt(episodes)",
+              "seed": seed, "provenance": provenance(data.device), "ci": "1.96 * std(ddof=1) / sqrt(episodes)",
               "settings": []}
     lists = [episode_list(data, split, s, episodes, seed) for s in settings]
     shapes = [(s.way, s.shot) for s in settings]

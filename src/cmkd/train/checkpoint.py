@@ -142,5 +142,14 @@ def load_latest_good(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         return (*load_checkpoint(prev), prev)
 
 
+def state_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state (names and values): identifies a teacher wherever it is stored."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

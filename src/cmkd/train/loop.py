@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from cmkd import distributed
-from cmkd.config import Config, EpisodeConfig
+from cmkd.config import Config, ConfigError, EpisodeConfig, resume_conflicts
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSampler, episode_labels
@@ -32,12 +32,13 @@ from cmkd.eval.stats import mean_ci
 from cmkd.losses.baselines import distill_weights
 from cmkd.losses.srl import spatial_relation_loss
 from cmkd.models.fewshot import FewShotModel
-from cmkd.runtime import configure_cpu, git_commit
+from cmkd.runtime import configure_cpu, provenance
 from cmkd.train.checkpoint import (
     CheckpointError,
     load_latest_good,
     model_state,
     save_checkpoint,
+    state_digest,
     unflatten_optimizer,
 )
 from cmkd.train.forward import ClassifierForward, EpisodeForward, autocast, data_parallel, resolve_precision
@@ -116,6 +117,7 @@ class Trainer:
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         self.weights = distill_weights(cfg.distill) if teacher is not None else None
+        self.teacher_digest = state_digest(teacher) if teacher is not None else None
         self.teacher_cache = None
         if self.teacher is not None and cfg.distill.teacher_inputs == "clean":
             # deterministic teacher inputs: its embeddings of the base split are computed once
@@ -259,8 +261,9 @@ class Trainer:
     def _meta(self) -> dict:
         return {"spec": self.model.spec(), "config": self.cfg.to_dict(), "step": self.step,
                 "history": self.history, "pretrain_losses": self.pretrain_losses, "best_acc": self.best_acc,
-                "dataset": self.dataset_summary, "commit": git_commit(), "world_size": self.ranks.world,
-                "precision": self.precision, "grad_scaler": self.scaler.state_dict()}
+                "dataset": self.dataset_summary, "provenance": provenance(self.device), "world_size": self.ranks.world,
+                "precision": self.precision, "grad_scaler": self.scaler.state_dict(),
+                "teacher_sha256": self.teacher_digest}
 
     def save(self, best: bool) -> None:
         """Checkpoint (rank 0 writes; every rank holds the same weights)."""
@@ -278,9 +281,16 @@ class Trainer:
         tensors, meta, used = load_latest_good(path)
         if used != path:
             tqdm.write(f"{path} is damaged; resuming from the previous checkpoint {used}")
+        conflicts = resume_conflicts(meta.get("config", {}), self.cfg.to_dict())
+        if meta.get("teacher_sha256") != self.teacher_digest:
+            conflicts.append("the teacher's weights differ (distill.teacher names another teacher)")
+        if conflicts:
+            raise ConfigError(f"--resume: {path} holds a run with another training config; refusing to continue "
+                              "it with:\n  " + "\n  ".join(conflicts) +
+                              "\nStart a new run name (--name ...), or resume with the run's own settings")
         if meta["spec"] != self.model.spec():
-            raise ValueError(f"{path} was trained with another model or vocabulary; start a new run name "
-                             "(name=...) or delete the run directory")
+            raise ConfigError(f"{path} was trained with another model or vocabulary; start a new run name "
+                              "(name=...) or delete the run directory")
         if meta.get("world_size", 1) != self.ranks.world:
             raise ValueError(f"{path} was trained by {meta.get('world_size', 1)} process(es); resume it with "
                              f"the same number (this is {self.ranks.world}) so it follows the same episodes")
@@ -318,10 +328,11 @@ class Trainer:
         cfg = self.cfg
         configure_cpu(cfg.train.threads)
         progress = progress and self.ranks.main
+        resumed = resume and self.resume()  # checked before anything in the run directory is written
         if self.ranks.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        if resume and self.resume():
+        if resumed:
             if self.ranks.main:
                 tqdm.write(f"resumed {self.run_dir} at step {self.step}/{self.steps}")
         elif cfg.train.pretrain_epochs > 0:
