@@ -201,8 +201,9 @@ def test_commit_is_recorded_only_for_a_cmkd_checkout(tmp_path):
 
 
 def test_checkpoints_and_results_carry_provenance(tmp_path, capsys):
-    import cmkd
     import torch
+
+    import cmkd
 
     assert main(["train", "--name", "p", f"out={tmp_path}", *FAST]) == 0
     meta = json.loads((tmp_path / "p" / "best.json").read_text())

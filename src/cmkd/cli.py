@@ -15,7 +15,6 @@ from cmkd.config import Config, ConfigError, DataConfig, EpisodeConfig, load_con
 from cmkd.data.images import ImageError
 from cmkd.train.checkpoint import CheckpointError
 
-
 #: Command-line flags that set a config field: flag attribute -> dotted key.
 CONFIG_FLAGS = {"name": "name", "modality": "model.modality", "method": "distill.method",
                 "teacher": "distill.teacher"}
