@@ -16,7 +16,7 @@ def test_quick_demo_writes_report_plots_and_results(tmp_path, capsys):
     labels = [s["label"] for s in result["settings"]]
     assert labels == ["5-way 1-shot", "5-way 5-shot", "5-way 1-shot fine-grained", "5-way 5-shot fine-grained"]
     for s in result["settings"]:
-        lengths = {len(v) for v in s["per_episode"].values()}
+        lengths = {len(run) for runs in s["per_episode"].values() for run in runs}
         assert lengths == {result["episodes"]}, "every method scored on the same episodes"
         assert "student + SRL - student" in s["paired"]
     report = (out / "report.md").read_text()

@@ -81,7 +81,7 @@ def test_sharded_evaluation_equals_single_process_per_episode(tmp_path, small, f
     assert two["processes"] == 2 and one["processes"] == 1
     assert len(one["settings"]) == 4
     for a, b in zip(one["settings"], two["settings"]):
-        assert len(b["per_episode"]["student"]) == 41
+        assert len(b["per_episode"]["student"]) == 1 and len(b["per_episode"]["student"][0]) == 41
         assert a["per_episode"] == b["per_episode"], a["label"]
 
 

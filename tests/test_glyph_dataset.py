@@ -4,7 +4,7 @@ import hashlib
 
 import numpy as np
 
-from cmkd.data.formats.glyphs import glyph_dir, glyph_manifest
+from cmkd.data.formats.glyphs import glyph_dir, glyph_manifest, load_glyphs
 
 
 def test_counts_match_manifest_and_issue_floor(glyphs):
@@ -22,13 +22,24 @@ def test_files_match_their_checksums():
         assert hashlib.sha256((glyph_dir() / name).read_bytes()).hexdigest() == digest
 
 
-def test_text_is_the_unicode_name(glyphs):
+def test_names_mode_gives_the_unicode_name():
     import unicodedata
 
+    named = load_glyphs(32, "names")
     for c in (0, 100, 500):
-        i = int(np.flatnonzero(glyphs.labels.numpy() == c)[0])
-        char = glyphs.class_names[c].split(" ", 1)[1]
-        assert glyphs.captions[i] == (unicodedata.name(char),)
+        i = int(np.flatnonzero(named.labels.numpy() == c)[0])
+        char = named.class_names[c].split(" ", 1)[1]
+        assert named.captions[i] == (unicodedata.name(char),)
+
+
+def test_default_text_is_ten_descriptions_per_image(glyphs):
+    m = glyph_manifest()
+    assert m["descriptions"]["per_image"] == 10
+    assert all(len(c) == 10 for c in glyphs.captions)
+    labels = glyphs.labels.numpy()
+    for c in (0, 100, 500):
+        idx = np.flatnonzero(labels == c)
+        assert len({caps for caps in (glyphs.captions[i] for i in idx)}) > 1, "descriptions differ per image"
 
 
 def test_glyphs_are_centred_and_unclipped(glyphs):

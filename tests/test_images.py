@@ -95,6 +95,6 @@ def test_captions_are_cleaned_and_non_utf8_is_survivable(tmp_path):
     p.write_bytes("a bird with a red\ufffd crown\n\n   \nsmall  bird\n".encode())
     assert read_caption_file(p) == ["a bird with a red crown", "small bird"]
     q = tmp_path / "latin1.txt"
-    q.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
-    with pytest.warns(UserWarning, match="not valid UTF-8"):
-        assert read_caption_file(q) == ["caf au lait"]
+    q.write_bytes("cr\xe8me br\xfbl\xe9e au caf\xe9\n".encode("latin-1"))
+    with pytest.warns(UserWarning, match="not UTF-8; read it as Windows-1252.*iconv -f cp1252 -t utf-8"):
+        assert read_caption_file(q) == ["cr\xe8me br\xfbl\xe9e au caf\xe9"]

@@ -137,9 +137,13 @@ def test_device_data_mean_caption_embedding(small, fast_cfg):
     data = DeviceData(small)
     idx = torch.arange(4)
     trainer.model.eval()
-    one = data.embed(trainer.model, idx)
-    mean = data.embed(trainer.model, idx, all_captions=True)
-    assert torch.allclose(one, mean, atol=1e-6)  # glyphs have one caption: the mean is that caption
+    table = data.caption_table(trainer.model)
+    with torch.no_grad():
+        each = torch.stack([data.embed(trainer.model, idx, caption_ids=table.sample_captions[idx, k])
+                            for k in range(10)])  # the ten descriptions of each glyph, one at a time
+        mean = data.embed(trainer.model, idx, all_captions=True)
+    assert torch.allclose(each.mean(0), mean, atol=1e-5)  # a text student's embedding is their mean
+    assert not torch.allclose(each[0], mean, atol=1e-3)
 
 
 def test_teacher_with_minilm_text_encoder(small, fast_cfg, tmp_path, monkeypatch):

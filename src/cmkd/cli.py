@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cmkd.config import Config, ConfigError, DataConfig, EpisodeConfig, load_config
+from cmkd.config import Config, ConfigError, DataConfig, EpisodeConfig, check_name, load_config
+from cmkd.data.dataset import DatasetError
 from cmkd.data.images import ImageError
-from cmkd.train.checkpoint import CheckpointError
+from cmkd.train.checkpoint import CheckpointError, OutputFolderError, RunDirectory, ensure_writable_folder
 
 #: Command-line flags that set a config field: flag attribute -> dotted key.
 CONFIG_FLAGS = {"name": "name", "modality": "model.modality", "method": "distill.method",
@@ -46,8 +48,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = _config(args)
     if args.print_config:
         return _print_config(cfg)
+    RunDirectory(cfg.run_dir).check(args.resume, args.overwrite)  # before any data is loaded
     trainer = Trainer(cfg, load_dataset(cfg.data), distributed.setup(args.device))
-    trainer.fit(resume=args.resume)
+    trainer.fit(resume=args.resume, overwrite=args.overwrite)
     _report(trainer)
 
 
@@ -63,6 +66,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         raise ConfigError("distill needs a teacher: pass --teacher RUN or set distill.teacher in the config")
     if cfg.model.modality == "image+text":
         raise ConfigError("model.modality: a distilled student sees one modality; use image or text")
+    RunDirectory(cfg.run_dir).check(args.resume, args.overwrite)  # before the teacher and data are loaded
     device = distributed.setup(args.device)
     teacher, meta = load_model(cfg.distill.teacher, device)
     if teacher.cfg.modality == cfg.model.modality:
@@ -70,7 +74,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
                           "teacher with the other modality too (train one with --modality image+text)")
     init = load_model(args.init, device)[0] if args.init else None
     trainer = Trainer(cfg, load_dataset(cfg.data), device, teacher=teacher, init=init)
-    trainer.fit(resume=args.resume)
+    trainer.fit(resume=args.resume, overwrite=args.overwrite)
     _report(trainer)
 
 
@@ -84,13 +88,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from cmkd.train.loop import load_model
 
     configure_cpu()
+    ensure_writable_folder(args.out.parent)  # before any model is scored
     device = distributed.setup(args.device)
     models, metas = {}, {}
     for spec in args.runs:
-        name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
-        models[name], metas[name] = load_model(path, device)
-    first = next(iter(metas.values()))
-    data_cfg = DataConfig(**first["config"]["data"])
+        name, _, paths = spec.partition("=") if "=" in spec else (Path(spec).name, "", spec)
+        loaded = [load_model(p, device) for p in paths.split(",") if p]
+        if not loaded:
+            raise ConfigError(f"evaluate: {spec!r} names no run; write NAME=RUN[,RUN...]")
+        if name in models:
+            raise ConfigError(f"evaluate: the method name {name!r} is given twice; name each method once "
+                              "(several runs of one method: NAME=RUN1,RUN2)")
+        models[name] = [m for m, _ in loaded]
+        metas.update({f"{name}[{i}]": meta for i, (_, meta) in enumerate(loaded)})
+    data_cfg = _shared_data(metas)
     data = DeviceData(load_dataset(data_cfg), device, args.placement)
     shots = args.shots or [1, 5]
     settings = [EpisodeConfig(args.way, s, args.query, fg) for fg in (False, True) for s in shots]
@@ -102,11 +113,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     result = compare(models, data, settings, args.split, args.episodes, args.seed, pairs,
                      data_cfg.eval_captions == "mean", ranks.main, precision)
     result["precision"], result["processes"] = precision, ranks.world
+    result["checkpoints"] = {run: meta["loaded_from"] for run, meta in metas.items()}  # .prev when it fell back
     if not ranks.main:
         return
     out = write_json(result, args.out)
     print(table(result))
     print(f"\nresults: {out}")
+
+
+def _shared_data(metas: dict[str, dict]) -> DataConfig:
+    """The data config every run was trained on; refuses runs of different datasets, image sizes or text."""
+    keys = ("dataset", "image_size", "captions")
+    seen = {run: {k: m["config"]["data"].get(k, DataConfig.captions if k == "captions" else None) for k in keys}
+            for run, m in metas.items()}
+    first_run, first = next(iter(seen.items()))
+    for run, data in seen.items():
+        if data != first:
+            raise ConfigError(f"evaluate: {run} was trained on {data} but {first_run} on {first}; runs compared "
+                              "on the same episodes must share data.dataset, data.image_size and data.captions")
+    return DataConfig(**next(iter(metas.values()))["config"]["data"])
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -151,10 +176,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
     for r in rows:
         top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
         mark = "" if r["label"] is None else ("  ✓" if r["predicted"] == r["label"] else f"  ✗ (is {r['label']})")
-        print(f"{r['query']}: {r['predicted']}  [" + ", ".join(f"{c} {v:.2f}" for c, v in top) + f"]{mark}")
+        print(f"{_printable(r['query'])}: {_printable(r['predicted'])}  ["
+              + ", ".join(f"{_printable(c)} {v:.2f}" for c, v in top) + f"]{_printable(mark)}")
     if hits:
         print(f"accuracy {100 * accuracy:.1f}% over {len(hits)} labelled queries "
               f"({len(clf.classes)} classes, {len(support)} support images)")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (a newline in a file name) escaped: one result per line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -164,6 +195,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from cmkd.data.formats.folder import list_folder
     from cmkd.data.registry import data_home
 
+    if args.name is not None:
+        check_name(args.name, "--name")
+    ensure_writable_folder((args.out or data_home()).parent if args.out else data_home())  # before decoding
     if args.format == "cub":
         listing = list_cub(args.root, args.captions, args.crop, args.split_file, args.skip_bad)
     elif args.format == "flowers":
@@ -196,15 +230,24 @@ def cmd_datasets(args: argparse.Namespace) -> None:
                        "groups": c["groups"], "splits": c["split_classes"], "captioned_images": c["images"],
                        "caption_coverage": 1.0,
                        "note": f"embedded; {c['faces']} font faces, renderings per class {c['renderings_per_class']}"}}
+    broken = {}
     for name, folder, meta in prepared_datasets():
-        s = load_prepared(folder, mmap=True).summary()  # counts only: no need to read the images
+        try:
+            if "error" in meta:
+                raise DatasetError(meta["error"])
+            s = load_prepared(folder, mmap=True).summary()  # counts only: no need to read the images
+        except DatasetError as err:
+            broken[name] = str(err)
+            continue
         info[name] = {"classes": s["classes"], "images": s["images"], "sizes": [meta["size"]], "groups": s["groups"],
                       "splits": s["splits"], "captioned_images": s["captioned_images"],
                       "caption_coverage": s["caption_coverage"],
                       "note": f"{meta['format']} at {folder}, {len(meta['skipped_bad'])} bad images skipped"}
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(json.dumps({**info, **{n: {"error": e} for n, e in broken.items()}}, indent=1))
         return
+    for name, error in broken.items():
+        print(f"{name}: unusable: {error}", file=sys.stderr)
     for name, d in info.items():
         print(f"{name}: {d['classes']} classes, {d['images']} images, sizes {d['sizes']}, {d['groups']} groups, "
               f"splits {d['splits']}, captions on {d['captioned_images']} of {d['images']} images ({d['note']})")
@@ -228,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--name", help="run name: weights go to <out>/<name> (sets name)")
         sp.add_argument("--modality", choices=["image", "text", "image+text"], help="sets model.modality")
         sp.add_argument("--resume", action="store_true", help="continue from <run>/last.json")
+        sp.add_argument("--overwrite", action="store_true", help="replace the run this name already holds")
         sp.add_argument("--print-config", action="store_true",
                         help="print the effective config (defaults < file < flags < key=value) and exit")
         sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; under torchrun each "
@@ -246,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_distill)
 
     e = sub.add_parser("evaluate", help="score runs on the same fixed episodes and compare them")
-    e.add_argument("runs", nargs="+", metavar="[NAME=]RUN", help="run directories or checkpoints")
+    e.add_argument("runs", nargs="+", metavar="[NAME=]RUN[,RUN...]",
+                   help="run directories or checkpoints; several runs of one method (training seeds) separated by "
+                        "commas are pooled: mean and interval over runs and episodes")
     e.add_argument("--split", default="novel")
     e.add_argument("--episodes", type=int, default=600)
     e.add_argument("--seed", type=int, default=2021)
@@ -312,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ImageError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError, ImageError, OutputFolderError, DatasetError) as err:
         print(f"cmkd {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # bad episode settings and the like, raised with a message that names the fix

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ class DataConfig:
     augment: bool = True
     hflip: bool = False  # never for letters; fine for birds and flowers
     eval_captions: str = "mean"  # how evaluation uses several captions: 'mean' or 'first'
+    # 'dataset': the dataset's own text (per-image descriptions for glyphs, Reed captions for CUB);
+    # 'names': each class's name as the only caption (an oracle text: it names the class)
+    captions: str = "dataset"
     # 'device': all images on the training device; 'host': kept in (memory-mapped) host memory and
     # copied per step, prefetched; 'auto': 'device' when they take at most half its free memory
     placement: str = "auto"
@@ -38,7 +42,13 @@ class ModelConfig:
     head: str = "protonet"
     text_encoder: str = "bow"  # 'bow', 'bigru' or 'minilm'
     text_dim: int = 128
-    fusion: str = "concat"  # 'concat' (concatenation + MLP) or 'gated' (gated sum)
+    fusion: str = "concat"  # 'concat' (concatenation + MLP), 'gated' (gated sum) or 'late' (scaled side by side)
+    # teacher training: share of episodes in which one modality (each half of the time) is hidden,
+    # so that each one stays discriminative on its own
+    modality_dropout: float = 0.0
+    # late fusion: weight of each modality's own episode loss (its half of the embedding alone) beside the
+    # fused one, so neither modality leans on the other
+    branch_loss: float = 0.0
     embed_dim: int = 256  # width of the fused (teacher) embedding
     word_dropout: float = 0.0  # share of caption words dropped while training
     dropblock: float = 0.0  # ResNet-12 DropBlock rate in the last two blocks
@@ -91,9 +101,15 @@ class DistillConfig:
     rel: float = 1.0  # a: relation-distribution KL
     dist: float = 1.0  # b: scale-free pairwise-distance structure
     angle: float = 0.0  # c: angle structure
+    standardise: str = "none"  # relation term over standardised scores, per 'query' or 'episode' (head-independent tau)
+    correct_only: bool = False  # relation term only on queries the teacher classifies correctly
+    warmup: float = 0.0  # share of training over which lambda ramps up linearly from 0
     # 'clean': the teacher embeds un-augmented samples (all captions averaged), computed once and
     # cached; 'same': it sees the student's augmented images and sampled captions every step
     teacher_inputs: str = "clean"
+    # 'same': the distillation terms use the student's training forward (augmented images, one sampled
+    # caption); 'clean': an extra student forward on the teacher's clean inputs (all captions averaged)
+    student_inputs: str = "same"
 
 
 @dataclass
@@ -136,12 +152,15 @@ CHOICES = {
     "model.head": ("protonet", "matchingnet", "relationnet", "feat"),
     "model.relation_loss": ("mse", "ce"),
     "model.text_encoder": ("bow", "bigru", "minilm"),
-    "model.fusion": ("concat", "gated"),
+    "model.fusion": ("concat", "gated", "late"),
     "train.optimizer": ("adam", "sgd"),
     "train.schedule": ("cosine", "step", "none"),
     "distill.method": ("none", "kd", "rkd", "srl"),
     "data.eval_captions": ("mean", "first"),
+    "data.captions": ("dataset", "names"),
     "distill.teacher_inputs": ("clean", "same"),
+    "distill.student_inputs": ("same", "clean"),
+    "distill.standardise": ("none", "query", "episode"),
     "data.placement": ("auto", "device", "host"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
 }
@@ -166,6 +185,17 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         else:
             value = _coerce(value, current, path)
         setattr(obj, key, value)
+    return obj
+
+
+def build_section(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """A config dataclass from a mapping, each key and value checked (errors name ``prefix + key``)."""
+    obj = _build(cls, values, prefix)
+    if cls is ModelConfig:
+        for dotted, allowed in CHOICES.items():
+            section, key = dotted.split(".")
+            if section == "model" and getattr(obj, key) not in allowed:
+                raise ConfigError(f"field '{prefix}{key}' is {getattr(obj, key)!r}; choose one of {', '.join(allowed)}")
     return obj
 
 
@@ -221,7 +251,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist; the shipped ones are in configs/")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not a UTF-8 text file; pass a YAML config") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"config file {path} is not valid YAML{where}: "
+                              f"{getattr(err, 'problem', None) or err}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory; pass a YAML file") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
         _merge(tree, loaded)
@@ -243,23 +283,56 @@ def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
             into[k] = v
 
 
+#: Numeric fields: (smallest allowed, largest allowed, whether the smallest itself is allowed).
+RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "episode.way": (2, None, True), "episode.shot": (1, None, True), "episode.query": (1, None, True),
+    "data.image_size": (1, None, True), "model.text_dim": (1, None, True), "model.embed_dim": (1, None, True),
+    "model.word_dropout": (0, 0.99, True), "model.dropblock": (0, 0.99, True), "model.feat_reg": (0, None, True),
+    "model.modality_dropout": (0, 1, True), "model.branch_loss": (0, None, True),
+    "train.episodes": (1, None, True), "train.episodes_per_step": (1, None, True),
+    "train.fine_grained_share": (0, 1, True), "train.lr": (0, None, False), "train.weight_decay": (0, None, True),
+    "train.step_size": (1, None, True), "train.gamma": (0, None, False), "train.val_every": (1, None, True),
+    "train.val_episodes": (1, None, True), "train.val_query": (1, None, True), "train.threads": (0, None, True),
+    "train.pretrain_epochs": (0, None, True), "train.pretrain_lr": (0, None, False),
+    "train.pretrain_batch": (1, None, True),
+    "distill.weight": (0, None, True), "distill.tau": (0, None, False), "distill.rel": (0, None, True),
+    "distill.dist": (0, None, True), "distill.angle": (0, None, True), "distill.warmup": (0, 1, True),
+    "eval.episodes": (1, None, True),
+}
+
+
+def check_name(value: str, field: str) -> None:
+    """A run or dataset name is one plain folder name: no separators, no '..', no control characters."""
+    if (not value or value in (".", "..") or "/" in value or "\\" in value
+            or any(ord(ch) < 32 for ch in value)):
+        raise ConfigError(f"{field} {value!r} must be a plain folder name (no '/', '\\', '..' or control "
+                          "characters); write outputs elsewhere with out=DIR")
+
+
 def validate(cfg: Config) -> None:
-    """Check choices and ranges; raise :class:`ConfigError` naming the field."""
+    """Check choices, names and ranges; raise :class:`ConfigError` naming the field."""
     for dotted, allowed in CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ConfigError(f"config field '{dotted}' is {value!r}; choose one of {', '.join(allowed)}")
-    positive = {"episode.way": cfg.episode.way, "episode.shot": cfg.episode.shot,
-                "episode.query": cfg.episode.query, "train.episodes_per_step": cfg.train.episodes_per_step,
-                "train.val_every": cfg.train.val_every, "data.image_size": cfg.data.image_size}
-    for dotted, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"config field '{dotted}' must be at least 1, got {value}")
-    if cfg.episode.way < 2:
-        raise ConfigError("config field 'episode.way' must be at least 2: one class is no classification")
-    if cfg.distill.tau <= 0:
-        raise ConfigError(f"config field 'distill.tau' must be positive, got {cfg.distill.tau}")
+    check_name(cfg.name, "config field 'name'")
+    for dotted, (low, high, closed) in RANGES.items():
+        section, key = dotted.split(".")
+        _check_range(dotted, getattr(getattr(cfg, section), key), low, high, closed)
+    for i, s in enumerate(cfg.eval.settings):
+        for key, low in (("way", 2), ("shot", 1), ("query", 1)):
+            _check_range(f"eval.settings[{i}].{key}", getattr(s, key), low, None, True)
+
+
+def _check_range(dotted: str, value: float, low: float, high: float | None, closed: bool) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"config field '{dotted}' must be a finite number, got {value}")
+    too_low = value < low or (value == low and not closed)
+    if too_low or (high is not None and value > high):
+        bound = f"{'at least' if closed else 'greater than'} {low}" + (f" and at most {high}" if high is not None
+                                                                        else "")
+        raise ConfigError(f"config field '{dotted}' must be {bound}, got {value}")
 
 
 #: Fields a resumed run may change: where it is written, how fast it runs, evaluation-only settings,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cmkd.data.dataset import SPLITS, FewShotDataset
+from cmkd.data.dataset import SPLITS, DatasetError, FewShotDataset
 from cmkd.data.images import ImageError, load_image
 
 FORMAT_VERSION = 1
@@ -164,11 +164,19 @@ def load_prepared(folder: str | Path, mmap: bool = False) -> FewShotDataset:
     meta_path = folder / "meta.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"{folder} is not a prepared dataset (no meta.json); run `cmkd prepare` first")
-    meta = json.loads(meta_path.read_text())
-    caps = json.loads((folder / "captions.json").read_text())
-    images = torch.from_numpy(np.load(folder / "images.npy", mmap_mode="c" if mmap else None))
-    return FewShotDataset(name=meta["name"], images=images, labels=torch.tensor(caps["labels"], dtype=torch.long),
-                          class_names=meta["classes"], groups=meta["groups"],
-                          captions=[tuple(c) for c in caps["captions"]], splits=meta["splits"],
-                          meta={"source": str(folder), "format": meta["format"], "image_size": meta["size"],
-                                "channels": meta["channels"]}, files=caps["files"])
+    fix = f"prepare it again (cmkd prepare ... --out {folder})"
+    current = meta_path
+    try:
+        meta = json.loads(meta_path.read_text())
+        current = folder / "captions.json"
+        caps = json.loads(current.read_text())
+        current = folder / "images.npy"
+        images = torch.from_numpy(np.load(current, mmap_mode="c" if mmap else None))
+        return FewShotDataset(name=meta["name"], images=images,
+                              labels=torch.tensor(caps["labels"], dtype=torch.long),
+                              class_names=meta["classes"], groups=meta["groups"],
+                              captions=[tuple(c) for c in caps["captions"]], splits=meta["splits"],
+                              meta={"source": str(folder), "format": meta["format"], "image_size": meta["size"],
+                                    "channels": meta["channels"]}, files=caps["files"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DatasetError(f"{current} cannot be used ({type(err).__name__}: {err}); {fix}") from None

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 SPLITS = ("base", "val", "novel")
+
+
+class DatasetError(ValueError):
+    """A dataset on disk that cannot be used, with a message naming the file and the fix."""
 
 
 @dataclass
@@ -62,6 +68,13 @@ class FewShotDataset:
         """Sample indices of the classes of a split, ascending."""
         mask = np.isin(self.labels.numpy(), self.split_classes(split))
         return np.flatnonzero(mask)
+
+    def with_class_name_captions(self) -> FewShotDataset:
+        """A copy whose only caption per sample is its class name ("001.Black_footed_Albatross" ->
+        "black footed albatross"): text that names the class, the oracle setting."""
+        names = [re.sub(r"^\d+[.\s_-]*", "", n).replace("_", " ").lower() for n in self.class_names]
+        return dataclasses.replace(self, captions=[(names[c],) for c in self.labels.tolist()],
+                                   meta={**self.meta, "captions": "class names"})
 
     def summary(self) -> dict:
         counts = np.bincount(self.labels.numpy(), minlength=self.num_classes)

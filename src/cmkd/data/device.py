@@ -113,12 +113,12 @@ class DeviceData:
         else:
             raise ValueError(f"data.placement={placement!r}; choose auto, device or host")
         self.labels = dataset.labels.to(self.device)
-        self._tables: dict[int, CaptionTable] = {}
+        self._tables: dict[object, CaptionTable] = {}
 
     def caption_table(self, model: torch.nn.Module) -> CaptionTable:
         """Captions prepared for ``model``'s text encoder (built once per encoder)."""
         encoder = model.text_encoder
-        key = id(encoder)
+        key = getattr(encoder, "input_key", id(encoder))
         if key not in self._tables:
             self._tables[key] = CaptionTable.build(self.dataset.captions, encoder.prepare,
                                                    self.dataset.files).to(self.device)

@@ -8,6 +8,7 @@ dark ground). Images are resized so the shorter side fits, then centre-cropped s
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -33,9 +34,9 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 def _flatten_alpha(img: Image.Image) -> Image.Image:
     if img.mode == "P":
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA"):
-        ground = Image.new(img.mode, img.size, (0,) * len(img.mode))
-        img = Image.alpha_composite(ground.convert("RGBA"), img.convert("RGBA"))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("RGB", "L") and "transparency" in img.info):
+        ground = Image.new("RGBA", img.size, (0, 0, 0, 255))  # opaque black: alpha a keeps a share a of the ink
+        img = Image.alpha_composite(ground, img.convert("RGBA")).convert("RGB")
     return img
 
 
@@ -52,6 +53,8 @@ def load_image(path: str | Path, channels: int, size: int,
         raise ImageError(f"{path} is a directory, not an image file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path} is empty (0 bytes); replace or remove it")
+    if not os.access(path, os.R_OK):
+        raise ImageError(f"{path} cannot be read (permission denied); fix its permissions (chmod a+r)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -63,6 +66,8 @@ def load_image(path: str | Path, channels: int, size: int,
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image Pillow can read (expected one of "
                          f"{', '.join(IMAGE_SUFFIXES)}); remove it or convert it") from None
+    except PermissionError:
+        raise ImageError(f"{path} cannot be read (permission denied); fix its permissions (chmod a+r)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path} is truncated or corrupt ({err}); replace or remove it") from None
     if box is not None:
@@ -80,12 +85,19 @@ def load_image(path: str | Path, channels: int, size: int,
 
 
 def read_caption_file(path: Path) -> list[str]:
-    """Non-empty lines of a caption file; U+FFFD and stray bytes are cleaned, not fatal."""
+    """Non-empty lines of a caption file (UTF-8, or else Windows-1252 / Latin-1 with a warning that
+    says how to convert it), cleaned by :func:`cmkd.data.text.clean_caption`."""
+    from cmkd.data.text import clean_caption
+
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        warnings.warn(f"{path} is not valid UTF-8; undecodable bytes were dropped", stacklevel=2)
-    lines = [" ".join(line.replace("\ufffd", " ").split()) for line in text.splitlines()]
+        try:
+            text, used = raw.decode("cp1252"), "Windows-1252"
+        except UnicodeDecodeError:
+            text, used = raw.decode("latin-1"), "Latin-1"
+        warnings.warn(f"{path} is not UTF-8; read it as {used}. Convert it to silence this: "
+                      f"iconv -f {'cp1252' if used == 'Windows-1252' else 'latin1'} -t utf-8", stacklevel=2)
+    lines = [clean_caption(line) for line in text.splitlines()]
     return [line for line in lines if line]

@@ -36,7 +36,10 @@ def prepared_datasets() -> list[tuple[str, Path, dict]]:
     for d in sorted(home.iterdir()):
         meta = d / "meta.json"
         if meta.exists():
-            out.append((d.name, d, json.loads(meta.read_text())))
+            try:
+                out.append((d.name, d, json.loads(meta.read_text())))
+            except (OSError, ValueError) as err:
+                out.append((d.name, d, {"error": f"{meta} cannot be read ({err})"}))
     return out
 
 
@@ -44,7 +47,7 @@ def load_dataset(cfg: DataConfig) -> FewShotDataset:
     """The dataset named by ``cfg.dataset`` at ``cfg.image_size``."""
     if cfg.dataset == "glyphs":
         try:
-            return load_glyphs(cfg.image_size)
+            return load_glyphs(cfg.image_size, cfg.captions)
         except ValueError as err:
             raise ConfigError(f"data.image_size: {err}") from None
     folder = resolve(cfg.dataset)
@@ -56,4 +59,4 @@ def load_dataset(cfg: DataConfig) -> FewShotDataset:
     if ds.image_shape[1] != cfg.image_size:
         raise ConfigError(f"data.image_size={cfg.image_size} but {folder} was prepared at {ds.image_shape[1]}; "
                           f"set data.image_size={ds.image_shape[1]} or prepare again with --size {cfg.image_size}")
-    return ds
+    return ds.with_class_name_captions() if cfg.captions == "names" else ds

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+
+SPLIT_NAMES = ("base", "val", "novel")
 
 
 def split_by_group(
@@ -34,3 +39,49 @@ def split_by_group(
             split[names[min(k, 2)]].extend(members[g])
             filled += len(members[g])
     return {k: sorted(v) for k, v in split.items()}
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON file that must hold one object (``what`` says what it maps, for the message)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it should map {what}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object mapping {what}, got {type(data).__name__}")
+    return data
+
+
+def check_splits(data: dict, path: Path) -> dict[str, list[str]]:
+    """``{"base": [class, ...], "val": [...], "novel": [...]}``, every name a string."""
+    out = {}
+    for split, names in data.items():
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"{path}: unknown split {split!r}; use {', '.join(SPLIT_NAMES)}")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"{path}: split {split!r} must be a list of class names (strings), got {names!r:.80}")
+        out[split] = list(names)
+    return out
+
+
+def check_groups(data: dict, path: Path) -> dict[str, str]:
+    """``{class: group}`` with every group a non-empty string."""
+    for cls, group in data.items():
+        if not isinstance(group, str) or not group.strip():
+            raise ValueError(f"{path}: the group of class {cls!r} must be a non-empty string, got {group!r:.80}")
+    return dict(data)
+
+
+def read_split_file(path: str | Path) -> dict[str, list[str]]:
+    """Class splits from JSON ``{"base": [...], "val": [...], "novel": [...]}`` or CSV rows ``class,split``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"split file {path} does not exist")
+    if path.suffix.lower() == ".json":
+        return check_splits(read_json_object(path, '"base"/"val"/"novel" to lists of class names'), path)
+    splits: dict[str, list[str]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.reader(f):
+            if len(row) >= 2 and row[0] != "class":
+                splits.setdefault(row[1].strip(), []).append(row[0].strip())
+    return check_splits(splits, path)

@@ -8,11 +8,14 @@ caption per sample per episode; evaluation averages the embeddings of all of the
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 PAD, UNK = 0, 1
@@ -35,9 +38,14 @@ class Vocab:
     def __init__(self, words: Sequence[str]) -> None:
         self.words = ["<pad>", "<unk>", *[w for w in words if w not in ("<pad>", "<unk>")]]
         self.index = {w: i for i, w in enumerate(self.words)}
+        self.key = hashlib.sha256("\n".join(self.words).encode()).hexdigest()  # equal vocabularies, equal keys
 
     @classmethod
     def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocab:
+        """Words of ``captions`` seen at least ``min_count`` times (each distinct caption counted once
+        when ``min_count`` is 1, which gives the same vocabulary faster)."""
+        if min_count <= 1:
+            captions = set(captions)
         counts = Counter(w for c in captions for w in tokenize(c))
         return cls(sorted(w for w, n in counts.items() if n >= min_count))
 
@@ -49,9 +57,15 @@ class Vocab:
         return ids + [PAD] * (max_len - len(ids))
 
     def encode_batch(self, texts: Sequence[str], max_len: int | None = None) -> torch.Tensor:
-        if max_len is None:
-            max_len = max([len(tokenize(t)) for t in texts] + [1])
-        return torch.tensor([self.encode(t, max_len) for t in texts], dtype=torch.long)
+        """``[len(texts), L]`` word ids, padded; ``L`` is the longest caption unless ``max_len`` is given."""
+        get = self.index.get
+        rows = [[get(w, UNK) for w in tokenize(t)] for t in texts]
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        width = max_len if max_len is not None else int(lengths.max(initial=1))
+        out = np.full((len(rows), width), PAD, dtype=np.int64)
+        out[np.arange(width) < np.minimum(lengths, width)[:, None]] = np.fromiter(
+            itertools.chain.from_iterable(r[:width] for r in rows), dtype=np.int64)
+        return torch.from_numpy(out)
 
     def to_dict(self) -> dict:
         return {"words": self.words[2:]}

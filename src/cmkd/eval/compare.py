@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,40 +14,58 @@ from tqdm import tqdm
 from cmkd.config import EpisodeConfig
 from cmkd.data.device import DeviceData
 from cmkd.eval.evaluate import episode_list, evaluate_lists
-from cmkd.eval.stats import mean_ci, paired_difference
+from cmkd.eval.stats import SeedStat, over_seeds, paired_over_seeds
 from cmkd.runtime import provenance
 
+Runs = torch.nn.Module | Sequence[torch.nn.Module]
 
-def compare(models: dict[str, torch.nn.Module], data: DeviceData, settings: Sequence[EpisodeConfig],
+CI_NOTE = ("95% interval: Student t (Welch-Satterthwaite dof) times the standard error from the per-episode "
+           "spread and, with several training runs per method, the spread of the run means")
+
+
+def compare(models: dict[str, Runs], data: DeviceData, settings: Sequence[EpisodeConfig],
             split: str = "novel", episodes: int = 600, seed: int = 2021,
             pairs: Sequence[tuple[str, str]] = (), all_captions: bool = True, progress: bool = True,
             precision: str = "fp32") -> dict:
-    """Per-episode accuracies of every model on each setting's fixed episodes, with statistics.
+    """Per-episode accuracies of every method on each setting's fixed episodes, with statistics.
 
+    A method is one trained model or several (e.g. one per training seed), all scored on the
+    same episodes; its mean and interval cover episodes and runs (:func:`over_seeds`).
     ``pairs`` lists ``(method, reference)`` for which the paired difference ``method -
-    reference`` (mean +- 95% CI, paired t-test p-value) is reported.
+    reference`` is reported (mean, 95% interval, t, p).
     """
     ds = data.dataset
+    runs = {name: list(m) if isinstance(m, Sequence) else [m] for name, m in models.items()}
     result = {"dataset": ds.name, "split": split, "image_shape": list(ds.image_shape), "episodes": episodes,
-              "seed": seed, "provenance": provenance(data.device), "ci": "1.96 * std(ddof=1) / sqrt(episodes)",
-              "settings": []}
+              "seed": seed, "provenance": provenance(data.device), "ci": CI_NOTE,
+              "runs_per_method": {n: len(r) for n, r in runs.items()}, "settings": []}
     lists = [episode_list(data, split, s, episodes, seed) for s in settings]
     shapes = [(s.way, s.shot) for s in settings]
-    per_model = {}
-    for name, model in tqdm(models.items(), desc="evaluate", disable=not progress, unit="model", leave=False):
-        per_model[name] = evaluate_lists(model, data, lists, shapes, all_captions, precision)  # one embedding pass
+    per_model: dict[str, list[list[np.ndarray]]] = {}
+    bar = tqdm(total=sum(map(len, runs.values())), desc="evaluate", disable=not progress, unit="model", leave=False)
+    for name, group in runs.items():
+        per_model[name] = []
+        for model in group:  # one embedding pass per model for all settings
+            per_model[name].append(evaluate_lists(model, data, lists, shapes, all_captions, precision))
+            bar.update(1)
+    bar.close()
     for i, setting in enumerate(settings):
-        accs = {name: per_model[name][i] for name in models}
+        accs = {name: np.stack([r[i] for r in per_model[name]]) for name in runs}
         entry = {"way": setting.way, "shot": setting.shot, "query": setting.query,
                  "fine_grained": setting.fine_grained, "label": setting.label(),
-                 "methods": {n: vars(mean_ci(a)) for n, a in accs.items()},
+                 "methods": {n: _stat(over_seeds(a)) for n, a in accs.items()},
                  "paired": {}, "per_episode": {n: np.round(a, 4).tolist() for n, a in accs.items()}}
         for a, b in pairs:
             if a in accs and b in accs:
-                p = paired_difference(accs[a], accs[b])
-                entry["paired"][f"{a} - {b}"] = {"mean": p.diff.mean, "ci95": p.diff.ci95, "t": p.t, "p": p.p}
+                entry["paired"][f"{a} - {b}"] = _stat(paired_over_seeds(accs[a], accs[b]))
         result["settings"].append(entry)
     return result
+
+
+def _stat(s: SeedStat) -> dict:
+    out = dataclasses.asdict(s)
+    out["seed_means"] = list(s.seed_means)
+    return out
 
 
 def write_json(result: dict, path: str | Path) -> Path:
@@ -63,8 +82,10 @@ def table(result: dict) -> str:
     head = "| method | " + " | ".join(s["label"] for s in settings) + " |"
     rows = [head, "|---|" + "---|" * len(settings)]
     for n in names:
+        seeds = result.get("runs_per_method", {}).get(n, 1)
+        label = f"{n} ({seeds} seeds)" if seeds > 1 else n
         cells = [f"{100 * s['methods'][n]['mean']:.2f} ± {100 * s['methods'][n]['ci95']:.2f}" for s in settings]
-        rows.append(f"| {n} | " + " | ".join(cells) + " |")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
     pair_names = list(settings[0]["paired"]) if settings else []
     for pn in pair_names:
         cells = [f"{100 * s['paired'][pn]['mean']:+.2f} ± {100 * s['paired'][pn]['ci95']:.2f} "

@@ -1,4 +1,10 @@
-"""Accuracy statistics over evaluation episodes: mean +- 95% CI and paired comparisons."""
+"""Accuracy statistics: mean +- 95% CI over episodes, and over training seeds and episodes together.
+
+The interval over episodes alone ignores training randomness (another seed, or the same seed
+on another CPU, trains another model). With several training runs per method the intervals
+add the seed-to-seed spread of the run means to the episode spread (Welch-Satterthwaite
+degrees of freedom, Student t quantile), so a claim must hold across seeds to be significant.
+"""
 
 from __future__ import annotations
 
@@ -87,3 +93,79 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> Paired:
     else:
         t = ci.mean / (sd / math.sqrt(len(d)))
     return Paired(ci, float(t), t_two_sided_p(t, len(d) - 1) if len(d) > 1 else 1.0)
+
+
+def t_quantile(p_two_sided: float, dof: float) -> float:
+    """The ``t`` with two-sided tail probability ``p_two_sided`` (e.g. 0.05 -> 1.96 for large dof)."""
+    lo, hi = 0.0, 1e4
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_two_sided_p(mid, dof) > p_two_sided:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class SeedStat:
+    """Mean over training runs and episodes, with a 95% interval covering both, and (for a
+    difference) the t statistic and two-sided p-value."""
+
+    mean: float
+    ci95: float
+    seeds: int
+    episodes: int
+    dof: float
+    seed_means: tuple[float, ...]
+    t: float = 0.0
+    p: float = 1.0
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:+.2f} ± {100 * self.ci95:.2f} (p={self.p:.2g})"
+
+
+def _seed_variance(runs: np.ndarray) -> tuple[float, int]:
+    """Variance of the mean of the per-run means (0 for one run) and its degrees of freedom."""
+    means = runs.mean(1)
+    return (float(means.var(ddof=1)) / len(means), len(means) - 1) if len(means) > 1 else (0.0, 0)
+
+
+def _combine(mean: float, per_episode: np.ndarray, seed_parts: list[tuple[float, int]],
+             seed_means: np.ndarray, seeds: int) -> SeedStat:
+    e = len(per_episode)
+    ve = float(per_episode.var(ddof=1)) / e if e > 1 else 0.0
+    parts = [(ve, e - 1), *[(v, d) for v, d in seed_parts if d > 0]]
+    var = sum(v for v, _ in parts)
+    denom = sum(v * v / d for v, d in parts if d > 0)
+    dof = var * var / denom if denom > 0 else float(max(e - 1, 1))
+    se = math.sqrt(var)
+    if se == 0.0:
+        t = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
+    else:
+        t = mean / se
+    return SeedStat(mean, t_quantile(0.05, dof) * se, seeds, e, dof, tuple(float(m) for m in seed_means), t,
+                    t_two_sided_p(t, dof) if dof > 0 else 1.0)
+
+
+def over_seeds(accs: np.ndarray) -> SeedStat:
+    """Mean accuracy of ``accs [runs, episodes]`` (several training seeds on the same episodes).
+
+    Variance of the grand mean = variance of the seed-averaged per-episode accuracies / episodes
+    + variance of the per-run means / runs (conservative: their interaction is counted twice).
+    """
+    accs = np.atleast_2d(np.asarray(accs, dtype=np.float64))
+    per_episode = accs.mean(0)
+    return _combine(float(per_episode.mean()), per_episode, [_seed_variance(accs)], accs.mean(1), len(accs))
+
+
+def paired_over_seeds(a: np.ndarray, b: np.ndarray) -> SeedStat:
+    """``a - b`` on the same episodes, each ``[runs, episodes]``: episode-paired differences of the
+    seed-averaged accuracies, plus the seed spread of both methods (runs are not paired)."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired comparison needs the same episodes: {a.shape[1]} vs {b.shape[1]}")
+    d = a.mean(0) - b.mean(0)
+    diffs = np.subtract.outer(a.mean(1), b.mean(1)).ravel()
+    return _combine(float(d.mean()), d, [_seed_variance(a), _seed_variance(b)], diffs, len(a) * len(b))

@@ -24,5 +24,6 @@ def distill_weights(cfg: DistillConfig) -> SRLWeights | None:
     if cfg.method == "rkd":
         return SRLWeights(rel=0.0, dist=1.0, angle=2.0, tau=cfg.tau)
     if cfg.method == "srl":
-        return SRLWeights(rel=cfg.rel, dist=cfg.dist, angle=cfg.angle, tau=cfg.tau)
+        return SRLWeights(rel=cfg.rel, dist=cfg.dist, angle=cfg.angle, tau=cfg.tau, standardised=cfg.standardise,
+                          correct_only=cfg.correct_only)
     raise ValueError(f"unknown distillation method '{cfg.method}'; choose none, kd, rkd or srl")

@@ -24,12 +24,37 @@ import torch
 import torch.nn.functional as F
 
 
-def relation_kl(student_scores: torch.Tensor, teacher_scores: torch.Tensor, tau: float) -> torch.Tensor:
-    """``tau^2 * mean over queries of KL(p_T || p_S)``; scores are ``[..., Q, way]``."""
+def standardise(scores: torch.Tensor, per: str = "query", eps: float = 1e-6) -> torch.Tensor:
+    """Scores ``[..., Q, way]`` minus each query's mean, divided by their standard deviation over
+    the classes of each query (``per="query"``) or of the whole episode (``per="episode"``: one
+    scale per episode, so queries keep their relative confidence).
+
+    Heads score on different scales (squared distances, log-probabilities, relation logits);
+    standardised scores have zero mean and unit variance whatever the head, so one temperature
+    means the same for all (logit standardisation, Sun et al., CVPR 2024).
+    """
+    centred = scores - scores.mean(-1, keepdim=True)
+    dims = (-1,) if per == "query" else (-2, -1)
+    return centred / (centred.pow(2).mean(dims, keepdim=True).sqrt() + eps)
+
+
+def relation_kl(student_scores: torch.Tensor, teacher_scores: torch.Tensor, tau: float,
+                standardised: str = "none", weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``tau^2 * mean over queries of KL(p_T || p_S)``; scores are ``[..., Q, way]``.
+
+    ``standardised`` compares :func:`standardise`-d scores; ``weights [..., Q]`` weigh the
+    queries (e.g. 0 where the teacher is wrong); the mean is over their total weight.
+    """
+    teacher_scores = teacher_scores.detach()
+    if standardised != "none":
+        student_scores = standardise(student_scores, standardised)
+        teacher_scores = standardise(teacher_scores, standardised)
     log_p_s = F.log_softmax(student_scores / tau, dim=-1)
-    log_p_t = F.log_softmax(teacher_scores.detach() / tau, dim=-1)
+    log_p_t = F.log_softmax(teacher_scores / tau, dim=-1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
-    return tau**2 * kl.mean()
+    if weights is None:
+        return tau**2 * kl.mean()
+    return tau**2 * (kl * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def normalised_distances(emb: torch.Tensor) -> torch.Tensor:
@@ -64,23 +89,33 @@ def angle_structure(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> tor
 
 @dataclass(frozen=True)
 class SRLWeights:
+    """Term weights and how the relation term is computed."""
+
     rel: float = 1.0
     dist: float = 1.0
     angle: float = 0.0
     tau: float = 4.0
+    standardised: str = "none"  # 'query' or 'episode': compare standardised scores (one tau for every head)
+    correct_only: bool = False  # distil only the queries the teacher classifies correctly
 
 
 def spatial_relation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
                           student_emb: torch.Tensor, teacher_emb: torch.Tensor,
-                          w: SRLWeights) -> dict[str, torch.Tensor]:
+                          w: SRLWeights, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The SRL and its terms for a batch of episodes.
 
     Scores are ``[E, Q, way]``; embeddings ``[E, n, D_s]`` and ``[E, n, D_t]`` over all the
-    samples of each episode (support and query). ``D_s`` and ``D_t`` may differ.
+    samples of each episode (support and query). ``D_s`` and ``D_t`` may differ. ``labels
+    [E, Q]`` (the queries' classes) are needed for ``w.correct_only``.
     """
     zero = student_scores.new_zeros(())
+    weights = None
+    if w.correct_only:
+        if labels is None:
+            raise ValueError("correct_only distillation needs the query labels")
+        weights = (teacher_scores.argmax(-1) == labels).to(student_scores.dtype)
     terms = {
-        "rel": relation_kl(student_scores, teacher_scores, w.tau) if w.rel else zero,
+        "rel": relation_kl(student_scores, teacher_scores, w.tau, w.standardised, weights) if w.rel else zero,
         "dist": distance_structure(student_emb, teacher_emb) if w.dist else zero,
         "angle": angle_structure(student_emb, teacher_emb) if w.angle else zero,
     }

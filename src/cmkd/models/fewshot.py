@@ -49,11 +49,12 @@ class FewShotModel(nn.Module):
         self.head = build_head(cfg.head, self.out_dim, self.map_shape, cfg.fce, cfg.relation_loss)
 
     def embed(self, images: torch.Tensor | None = None, text: torch.Tensor | None = None,
-              text_mask: torch.Tensor | None = None) -> torch.Tensor:
+              text_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, D]`` embeddings from normalised images and/or encoder-ready text inputs.
 
         ``text`` holds one caption per sample, or with ``text_mask [B, C]`` several: their
-        text embeddings are averaged (over the valid ones) before fusion.
+        text embeddings are averaged (over the valid ones) before fusion. ``keep [B, 2]``
+        (modality dropout) multiplies the image and the text embedding before fusion.
         """
         if self.uses_image and images is None:
             raise ValueError(f"this {self.cfg.modality} model needs images")
@@ -70,6 +71,10 @@ class FewShotModel(nn.Module):
             flat = self.text_encoder(text.flatten(0, 1)).view(b, c, -1)
             m = text_mask.unsqueeze(-1).to(flat.dtype)
             txt = (flat * m).sum(1) / m.sum(1).clamp_min(1.0)
+        if keep is not None and self.fusion is not None:
+            keep = keep.to(img.dtype)
+            img = img * keep[:, 0].view(-1, *[1] * (img.dim() - 1))
+            txt = txt * keep[:, 1].view(-1, 1)
         out = self.fusion(img, txt) if self.fusion is not None else (img if img is not None else txt)
         return out.flatten(1)
 
@@ -91,6 +96,16 @@ class FewShotModel(nn.Module):
             loss = loss + self.cfg.feat_reg * self.head.regularizer(emb[:, :n_support], s_labels,
                                                                     emb[:, n_support:], truth, way)
         return loss
+
+    def branch_loss(self, emb: torch.Tensor, way: int, shot: int) -> torch.Tensor:
+        """Late fusion: the episode loss of the image half and of the text half of ``emb``, each alone."""
+        split = self.image_encoder.out_dim
+        total = emb.new_zeros(())
+        for keep in (slice(0, split), slice(split, None)):
+            part = torch.zeros_like(emb)
+            part[..., keep] = emb[..., keep]
+            total = total + self.loss(self.scores(part, way, shot), part, way, shot)
+        return total
 
     def spec(self) -> dict:
         """What is needed to rebuild this model (stored beside its weights)."""

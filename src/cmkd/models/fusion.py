@@ -34,6 +34,21 @@ class GatedFusion(nn.Module):
         return g * self.image(image) + (1 - g) * self.text(text)
 
 
+class LateFusion(nn.Module):
+    """Both embeddings side by side, each scaled by a learned positive weight: for a distance
+    head the squared distance is then ``w_i^2 d_image^2 + w_t^2 d_text^2``, a late fusion of
+    the two modalities' relation scores (each modality keeps its own space)."""
+
+    def __init__(self, image_dim: int, text_dim: int) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(2))
+        self.out_dim = image_dim + text_dim
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        w = self.log_scale.exp()
+        return torch.cat([w[0] * image, w[1] * text], dim=-1)
+
+
 class MapFusion(nn.Module):
     """Text joins a feature map (for RelationNet): a projection of the text embedding is tiled
     over the spatial grid, concatenated to the map's channels and mixed by a 1x1 convolution."""
@@ -56,4 +71,6 @@ def build_fusion(name: str, image_dim: int, text_dim: int, out_dim: int) -> nn.M
         return ConcatFusion(image_dim, text_dim, out_dim)
     if name == "gated":
         return GatedFusion(image_dim, text_dim, out_dim)
-    raise ValueError(f"unknown fusion '{name}'; available: concat, gated")
+    if name == "late":
+        return LateFusion(image_dim, text_dim)
+    raise ValueError(f"unknown fusion '{name}'; available: concat, gated, late")

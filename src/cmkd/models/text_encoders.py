@@ -36,6 +36,11 @@ class BagOfWords(nn.Module):
         self.embed = nn.Embedding(len(vocab), out_dim, padding_idx=PAD)
         self.proj = nn.Linear(out_dim, out_dim)
 
+    @property
+    def input_key(self) -> str:
+        """Encoders with equal keys take the same inputs (a caption table is built once for them)."""
+        return f"tokens:{self.vocab.key}:{MAX_TOKENS}"
+
     def prepare(self, texts: Sequence[str]) -> torch.Tensor:
         return self.vocab.encode_batch(texts)[:, :MAX_TOKENS]
 
@@ -55,6 +60,11 @@ class BiGRU(nn.Module):
         self.embed = nn.Embedding(len(vocab), hidden, padding_idx=PAD)
         self.gru = nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
         self.proj = nn.Linear(2 * hidden, out_dim)
+
+    @property
+    def input_key(self) -> str:
+        """Encoders with equal keys take the same inputs (a caption table is built once for them)."""
+        return f"tokens:{self.vocab.key}:{MAX_TOKENS}"
 
     def prepare(self, texts: Sequence[str]) -> torch.Tensor:
         return self.vocab.encode_batch(texts)[:, :MAX_TOKENS]
@@ -85,6 +95,8 @@ class MiniLM(nn.Module):
         super().__init__()
         self.out_dim = out_dim
         self.proj = nn.Sequential(nn.Linear(self.dim, out_dim), nn.ReLU(inplace=True), nn.Linear(out_dim, out_dim))
+
+    input_key = "minilm"
 
     @staticmethod
     def cache_path(texts: Sequence[str]) -> Path:

@@ -118,15 +118,24 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"checkpoint {info} does not exist")
     try:
         meta = json.loads(info.read_text())
-        weights = info.with_name(meta["weights_file"])
+        name = meta["weights_file"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"checkpoint metadata {info} is corrupt ({err!r}); use an earlier checkpoint") from None
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors") or \
+            name.startswith("."):
+        raise CheckpointError(f"checkpoint metadata {info}: field 'weights_file' must name a .safetensors file "
+                              f"beside it, got {name!r}; use an earlier checkpoint")
+    weights = info.with_name(name)
     if not weights.exists():
         raise CheckpointError(f"checkpoint weights {weights} named by {info.name} are missing")
     if _sha256(weights) != meta.get("weights_sha256"):
         raise CheckpointError(f"checkpoint weights {weights} do not match the checksum in {info.name}: the "
                               "file is truncated or was altered; use an earlier checkpoint")
-    return load_file(str(weights)), meta
+    try:
+        return load_file(str(weights)), meta
+    except Exception as err:  # safetensors refuses anything else (a pickle, a torch.save file) without running it
+        raise CheckpointError(f"checkpoint weights {weights} are not a safetensors file ({err}); use an earlier "
+                              "checkpoint") from None
 
 
 def load_latest_good(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
@@ -153,3 +162,72 @@ def state_digest(model: torch.nn.Module) -> str:
 
 def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def ensure_writable_folder(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and check that files can be written there (before any long work)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".cmkd-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputFolderError(f"cannot write to {folder} ({err.strerror or err}); choose another output "
+                                "location") from None
+    return folder
+
+
+class RunDirectory:
+    """Exclusive use of a run folder: a lock naming the process that holds it (released when the
+    process ends, however it ends), and a refusal to train over an existing run by accident."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = None
+
+    def has_run(self) -> bool:
+        return any((self.path / f).exists() for f in ("last.json", "last.prev.json", "best.json", "best.prev.json"))
+
+    def check(self, resume: bool, overwrite: bool) -> None:
+        """Refuse to start a new run where one exists unless ``resume`` or ``overwrite`` says what to do,
+        or where nothing can be written."""
+        ensure_writable_folder(self.path)
+        if self.has_run() and not resume and not overwrite:
+            raise OutputFolderError(f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
+                                 "replace it, or choose another name (--name)")
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise OutputFolderError(f"{self.path} is in use by process {holder} (lock {self.path / '.lock'}); wait for "
+                                 "it to finish or choose another name (--name)") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+
+    def clear(self) -> None:
+        """Remove the checkpoints of the run this folder holds (``--overwrite``)."""
+        for f in self.path.iterdir():
+            if f.name.startswith(("last", "best")) and f.suffix in (".json", ".safetensors") or \
+                    f.name in ("config.json", "metrics.jsonl"):
+                f.unlink()
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing drops the flock
+            self._lock = None
+
+
+class OutputFolderError(RuntimeError):
+    """An output folder cannot be used: it holds another run, another process uses it, or it is not writable."""

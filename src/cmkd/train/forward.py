@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cmkd.models.fewshot import FewShotModel
+from cmkd.models.fusion import LateFusion
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -40,13 +41,30 @@ class EpisodeForward(nn.Module):
         self.model, self.way, self.shot = model, way, shot
         self.precision, self.device = precision, device
 
-    def forward(self, images: torch.Tensor | None, text: torch.Tensor | None,
-                episodes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor | None, text: torch.Tensor | None, episodes: int,
+                text_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        keep = self._modality_dropout(episodes, (images if images is not None else text).shape[0] // episodes)
         with autocast(self.precision, self.device):
-            emb = self.model.embed(images, text)
+            emb = self.model.embed(images, text, text_mask, keep=keep)
         emb = emb.float().view(episodes, -1, emb.shape[-1])
         scores = self.model.scores(emb, self.way, self.shot)
-        return emb, scores, self.model.loss(scores, emb, self.way, self.shot)
+        loss = self.model.loss(scores, emb, self.way, self.shot)
+        if self.model.cfg.branch_loss > 0 and isinstance(self.model.fusion, LateFusion):
+            loss = loss + self.model.cfg.branch_loss * self.model.branch_loss(emb, self.way, self.shot)
+        return emb, scores, loss
+
+
+    def _modality_dropout(self, episodes: int, per_episode: int) -> torch.Tensor | None:
+        """``[E * n, 2]`` keep-masks hiding, in a ``model.modality_dropout`` share of the episodes, the
+        image (half of them) or the text of every sample of the episode; None when off."""
+        p = self.model.cfg.modality_dropout
+        if not (self.model.training and p > 0 and self.model.fusion is not None):
+            return None
+        u = torch.rand(episodes, device=self.device)
+        keep = torch.ones(episodes, 2, device=self.device)
+        keep[:, 0] = (u >= p / 2).float()  # image hidden when u < p/2
+        keep[:, 1] = ((u < p / 2) | (u >= p)).float()  # text hidden when p/2 <= u < p
+        return keep.repeat_interleave(per_episode, 0)
 
 
 class ClassifierForward(nn.Module):

@@ -12,8 +12,10 @@ episodes and DistributedDataParallel averages their gradients.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from cmkd import distributed
-from cmkd.config import Config, ConfigError, EpisodeConfig, resume_conflicts
+from cmkd.config import Config, ConfigError, EpisodeConfig, ModelConfig, build_section, resume_conflicts
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSampler, episode_labels
@@ -35,6 +37,8 @@ from cmkd.models.fewshot import FewShotModel
 from cmkd.runtime import configure_cpu, provenance
 from cmkd.train.checkpoint import (
     CheckpointError,
+    RunDirectory,
+    load_checkpoint,
     load_latest_good,
     model_state,
     save_checkpoint,
@@ -66,13 +70,45 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Fe
         path = path / "best.json"
     elif path.suffix != ".json":
         raise CheckpointError(f"{path} is neither a run directory nor a checkpoint .json file")
-    tensors, meta, _ = load_latest_good(path)
-    model = FewShotModel.from_spec(meta["spec"])
-    model.load_state_dict(model_state(tensors))
+    tensors, meta, used = load_latest_good(path)
+    model = model_from_checkpoint(tensors, meta, used)
+    meta = {**meta, "loaded_from": str(used)}  # differs from the path asked for when it fell back to .prev
     model = model.to(device)
     if meta.get("config", {}).get("train", {}).get("channels_last", False):
         model = model.to(memory_format=torch.channels_last)
     return model.eval(), meta
+
+
+def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> FewShotModel:
+    """The model a checkpoint describes, after checking its ``spec`` field by field and against the
+    stored tensor shapes (on the meta device, so an absurd spec costs no memory)."""
+    spec = meta.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
+        raise CheckpointError(f"{path}: field 'spec' must hold the model description; the file is damaged")
+    for key, low, high in (("in_channels", 1, 4), ("image_size", 8, 4096)):
+        value = spec.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise CheckpointError(f"{path}: field 'spec.{key}' must be a whole number from {low} to {high}, got "
+                                  f"{value!r}; the file is damaged")
+    vocab = spec.get("vocab")
+    if vocab is not None and not (isinstance(vocab, dict) and isinstance(vocab.get("words"), list)
+                                  and all(isinstance(w, str) for w in vocab["words"])):
+        raise CheckpointError(f"{path}: field 'spec.vocab' must be {{'words': [text, ...]}}; the file is damaged")
+    try:
+        model_cfg = build_section(ModelConfig, spec["model"], "spec.model.")
+        spec = {**spec, "model": dataclasses.asdict(model_cfg)}
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in FewShotModel.from_spec(spec).state_dict().items()}
+    except (ConfigError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its 'spec' does not describe a model ({err}); the file is damaged") from None
+    stored = {k: tuple(v.shape) for k, v in model_state(tensors).items()}
+    if stored != shapes:
+        diff = sorted(set(stored.items()) ^ set(shapes.items()))[:3]
+        raise CheckpointError(f"{path}: its 'spec' does not match its weights (first differences: {diff}); the file "
+                              "is damaged or was edited")
+    model = FewShotModel.from_spec(spec)
+    model.load_state_dict(model_state(tensors))
+    return model
 
 
 def _optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -134,6 +170,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.pretrain_losses: list[float] = []
+        self.recovered: list[str] = []  # damaged checkpoints met on resume, and what was done
         self.best_acc = -1.0
         self.run_dir = cfg.run_dir
         self.dataset_summary = dataset.summary()  # stored in every checkpoint; computed once
@@ -194,8 +231,15 @@ class Trainer:
                         t_emb = self.data.embed(self.teacher, flat, images, caption_ids)
                     t_emb = t_emb.float().view(n_ep, n, -1)
                 t_scores = self.teacher.scores(t_emb, e.way, e.shot)
-            terms = spatial_relation_loss(scores, t_scores, emb, t_emb, self.weights)
-            loss = ce + cfg.distill.weight * terms["srl"]
+            truth = episode_labels(e.way, e.query, self.device).expand(n_ep, -1)
+            s_emb, s_scores = emb, scores
+            if cfg.distill.student_inputs == "clean":  # the student's relations on the inputs the teacher saw
+                c_images = self.data.images_for(flat) if self.model.uses_image else None
+                c_text, c_mask = self.data.text_inputs(self.model, flat, all_captions=True)
+                s_emb, s_scores, _ = self.forward(c_images, c_text, n_ep, c_mask)
+            terms = spatial_relation_loss(s_scores, t_scores, s_emb, t_emb, self.weights, truth)
+            ramp = min(1.0, step / (cfg.distill.warmup * self.steps)) if cfg.distill.warmup > 0 else 1.0
+            loss = ce + ramp * cfg.distill.weight * terms["srl"]
             logs.update({k: v.detach() for k, v in terms.items()})
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -263,7 +307,7 @@ class Trainer:
                 "history": self.history, "pretrain_losses": self.pretrain_losses, "best_acc": self.best_acc,
                 "dataset": self.dataset_summary, "provenance": provenance(self.device), "world_size": self.ranks.world,
                 "precision": self.precision, "grad_scaler": self.scaler.state_dict(),
-                "teacher_sha256": self.teacher_digest}
+                "teacher_sha256": self.teacher_digest, "recovered": self.recovered}
 
     def save(self, best: bool) -> None:
         """Checkpoint (rank 0 writes; every rank holds the same weights)."""
@@ -280,6 +324,7 @@ class Trainer:
             return False
         tensors, meta, used = load_latest_good(path)
         if used != path:
+            self.recovered.append(f"step {meta['step']}: {path.name} was damaged; resumed from {used.name}")
             tqdm.write(f"{path} is damaged; resuming from the previous checkpoint {used}")
         conflicts = resume_conflicts(meta.get("config", {}), self.cfg.to_dict())
         if meta.get("teacher_sha256") != self.teacher_digest:
@@ -300,7 +345,33 @@ class Trainer:
             self.scaler.load_state_dict(meta["grad_scaler"])
         self.step, self.history, self.best_acc = meta["step"], meta["history"], meta["best_acc"]
         self.pretrain_losses = meta.get("pretrain_losses", [])
+        self.recovered = [*meta.get("recovered", []), *self.recovered]
+        self._repair_best()
         return True
+
+    def _repair_best(self) -> None:
+        """After a crash ``best.json`` may name damaged weights: fall back to ``best.prev.json`` (and its
+        accuracy), or drop it so the next validation writes a new best."""
+        best = self.run_dir / "best.json"
+        if not best.exists():
+            return
+        try:
+            load_checkpoint(best)
+            return
+        except CheckpointError:
+            pass
+        prev = self.run_dir / "best.prev.json"
+        try:
+            _, prev_meta = load_checkpoint(prev)
+            os.replace(prev, best)
+            self.best_acc = min(self.best_acc, prev_meta.get("best_acc", -1.0))
+            note = f"best.json was damaged; restored best.prev.json (val accuracy {self.best_acc:.4f})"
+        except CheckpointError:
+            best.unlink()
+            self.best_acc = -1.0
+            note = "best.json was damaged and best.prev.json unusable; the next validation writes a new best"
+        self.recovered.append(f"step {self.step}: {note}")
+        tqdm.write(f"{self.run_dir}: {note}")
 
     def _read_logs(self, pending: list[tuple[int, dict[str, torch.Tensor]]]) -> list[dict[str, float]]:
         """Step logs as numbers (one device sync for many steps); stops on a non-finite loss."""
@@ -319,18 +390,33 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self, resume: bool = False, progress: bool = True, desc: str | None = None,
-            read_every: int = 20) -> list[dict]:
+            read_every: int = 20, overwrite: bool = False) -> list[dict]:
         """Train to the end (or resume), validating and checkpointing every ``train.val_every`` episodes.
 
-        Losses stay on the device and are read every ``read_every`` steps, so a GPU is never
-        stalled waiting for a number; a non-finite loss stops the run before anything is saved.
+        The run folder is locked while training. A folder that already holds a run is refused
+        unless ``resume`` (continue it) or ``overwrite`` (replace it). Losses stay on the device
+        and are read every ``read_every`` steps, so a GPU is never stalled waiting for a number;
+        a non-finite loss stops the run before anything is saved.
         """
+        folder = RunDirectory(self.run_dir)
+        if self.ranks.main:
+            folder.acquire()
+        try:
+            if self.ranks.main:
+                folder.check(resume, overwrite)
+            return self._fit(folder, resume, overwrite, progress, desc, read_every)
+        finally:
+            folder.release()
+
+    def _fit(self, folder: RunDirectory, resume: bool, overwrite: bool, progress: bool, desc: str | None,
+             read_every: int) -> list[dict]:
         cfg = self.cfg
         configure_cpu(cfg.train.threads)
         progress = progress and self.ranks.main
         resumed = resume and self.resume()  # checked before anything in the run directory is written
         if self.ranks.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if overwrite and not resumed:
+                folder.clear()
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         if resumed:
             if self.ranks.main:

@@ -14,12 +14,11 @@ Fine-grained group: the bird type, the last word of the class name (Warbler, Spa
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 from cmkd.data.cache import Listing, Record
 from cmkd.data.images import read_caption_file
+from cmkd.data.splits import read_split_file
 
 
 def closerlook_split(class_folders: list[str]) -> dict[str, list[str]]:
@@ -33,22 +32,6 @@ def closerlook_split(class_folders: list[str]) -> dict[str, list[str]]:
 def bird_type(class_folder: str) -> str:
     """'026.Bronzed_Cowbird' -> 'Cowbird'."""
     return class_folder.split(".", 1)[-1].split("_")[-1]
-
-
-def read_split_file(path: str | Path, classes: list[str]) -> dict[str, list[str]]:
-    """Splits from JSON ``{"base": [...], ...}`` or CSV rows ``class,split``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"split file {path} does not exist")
-    if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text())
-        return {k: list(v) for k, v in data.items()}
-    splits: dict[str, list[str]] = {}
-    with open(path, newline="") as f:
-        for row in csv.reader(f):
-            if len(row) >= 2 and row[0] != "class":
-                splits.setdefault(row[1].strip(), []).append(row[0].strip())
-    return splits
 
 
 def _table(path: Path, columns: int) -> dict[str, list[str]]:
@@ -110,7 +93,7 @@ def list_cub(root: str | Path, captions: str | Path | None = None, crop: bool = 
     if missing_caps:
         warnings.append(f"{len(missing_caps)} image(s) without captions: {missing_caps[:10]}")
     classes = sorted({r.class_name for r in records})
-    splits = read_split_file(split_file, classes) if split_file else closerlook_split(classes)
+    splits = read_split_file(split_file) if split_file else closerlook_split(classes)
     extra += [root / n for n in ("classes.txt", "images.txt", "image_class_labels.txt", "bounding_boxes.txt")]
     return Listing(name="cub", format="cub", records=records, classes=classes,
                    groups={c: bird_type(c) for c in classes}, splits=splits, extra_inputs=extra,

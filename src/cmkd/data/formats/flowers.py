@@ -16,9 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmkd.data.cache import Listing, Record
-from cmkd.data.formats.cub import read_split_file
 from cmkd.data.images import read_caption_file
-from cmkd.data.splits import split_by_group
+from cmkd.data.splits import read_split_file, split_by_group
 
 
 def _loadmat(path: Path) -> dict:
@@ -66,7 +65,7 @@ def list_flowers(root: str | Path, captions: str | Path | None = None, split_fil
         warnings.append(f"{len(missing)} image(s) without captions: {missing[:10]}")
     classes = sorted({r.class_name for r in records})
     if split_file:
-        splits = read_split_file(split_file, classes)
+        splits = read_split_file(split_file)
     else:
         idx = split_by_group(classes, fractions, seed)
         splits = {k: [classes[i] for i in v] for k, v in idx.items()}

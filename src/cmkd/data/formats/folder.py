@@ -11,24 +11,13 @@ Without ``splits.json`` classes are split by seeded fractions, whole groups at a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from cmkd.data.cache import Listing, Record
 from cmkd.data.images import ImageError, read_caption_file
-from cmkd.data.splits import split_by_group
+from cmkd.data.splits import check_groups, read_json_object, read_split_file, split_by_group
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); it should map {what}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object mapping {what}")
-    return data
 
 
 def class_folders(root: str | Path) -> list[Path]:
@@ -82,15 +71,14 @@ def list_folder(root: str | Path, fractions: tuple[float, float, float] = (0.6, 
     classes = [d.name for d in class_dirs]
     groups = {c: c for c in classes}
     if (root / "groups.json").exists():
-        given = _read_json(root / "groups.json", "class names to groups")
+        given = check_groups(read_json_object(root / "groups.json", "class names to groups"), root / "groups.json")
         unknown = sorted(set(given) - set(classes))
         if unknown:
             raise ValueError(f"{root / 'groups.json'} names classes without a folder: {unknown[:5]}")
-        groups.update({k: str(v) for k, v in given.items()})
+        groups.update(given)
         extra.append(root / "groups.json")
     if (root / "splits.json").exists():
-        given = _read_json(root / "splits.json", '"base"/"val"/"novel" to lists of class names')
-        splits = {k: list(v) for k, v in given.items()}
+        splits = read_split_file(root / "splits.json")
         extra.append(root / "splits.json")
     else:
         idx = split_by_group([groups[c] for c in classes], fractions, seed)

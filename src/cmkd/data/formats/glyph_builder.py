@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from cmkd.data.formats.glyph_text import write_descriptions
 from cmkd.data.splits import split_by_group
 
 BLOCKS: dict[str, tuple[int, int]] = {
@@ -487,8 +488,9 @@ def build(out_dir: Path, sizes: Sequence[int] = (32,), min_renderings: int = 15,
     per_class = np.bincount(labels_arr, minlength=len(classes))
     manifest = {
         "name": "glyphs",
-        "description": "Unicode letters (Latin, Greek, Cyrillic) rendered from real fonts; "
-                       "text = the Unicode character name.",
+        "description": "Unicode letters (Latin, Greek, Cyrillic) rendered from real fonts; text = ten generated "
+                       "descriptions per image (descriptions.npz), or the Unicode character name with "
+                       "data.captions=names.",
         "unicode_version": unicodedata.unidata_version,
         "blocks": {k: [hex(a), hex(b)] for k, (a, b) in BLOCKS.items()},
         "sizes": list(sizes),
@@ -514,6 +516,7 @@ def build(out_dir: Path, sizes: Sequence[int] = (32,), min_renderings: int = 15,
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     _write_attribution(out_dir / "ATTRIBUTION.md", faces, manifest)
+    manifest["descriptions"] = write_descriptions(out_dir)
     return manifest
 
 

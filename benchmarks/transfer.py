@@ -1,0 +1,116 @@
+"""Does CMKD transfer? Teacher, students alone and distilled students, over training seeds.
+
+For every head and training seed this trains the image+text teacher, the one-modality student
+alone and one distilled student per method (KD, RKD, SRL, or named variants), all on the same
+seeded training episodes, then scores every run on the same fixed episodes of ``--split`` and
+pools the seeds (mean and interval over seeds and episodes; paired differences against the
+student alone). Settings are chosen with ``--split val``; ``novel`` is for the final table only.
+
+    .venv/bin/python benchmarks/transfer.py --dataset glyphs --heads protonet --seeds 0 1 2 --split val \\
+        --methods kd srl --variant "srl tau=1: distill.method=srl distill.tau=1" --out /tmp/val.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import yaml
+
+from cmkd.config import EpisodeConfig, load_config
+from cmkd.data.device import DeviceData
+from cmkd.data.registry import load_dataset
+from cmkd.eval.compare import compare, table, write_json
+from cmkd.runtime import configure_cpu
+from cmkd.train.checkpoint import load_checkpoint, model_state
+from cmkd.train.loop import Trainer
+
+SHIPPED = Path(__file__).parents[1] / "configs" / "glyphs_student.yaml"  # the settings a user starts from
+METHODS = {"kd": {"distill.method": "kd"}, "rkd": {"distill.method": "rkd"}, "srl": {"distill.method": "srl"}}
+
+
+def _pairs(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _variant(text: str) -> tuple[str, dict]:
+    name, _, rest = text.partition(":")
+    return name.strip(), _pairs(rest.split())
+
+
+def _train(base: dict, overrides: dict, name: str, dataset, teacher=None, teacher_cache=None):
+    cfg = load_config(SHIPPED, base={}, flags={**base, **overrides, "name": name})
+    trainer = Trainer(cfg, dataset, teacher=teacher, teacher_cache=teacher_cache)
+    start = time.perf_counter()
+    trainer.fit(desc=name, progress=False, overwrite=True)
+    trainer.model.load_state_dict(model_state(load_checkpoint(cfg.run_dir / "best.json")[0]))
+    return trainer, time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="glyphs")
+    ap.add_argument("--modality", default="image", choices=["image", "text"])
+    ap.add_argument("--heads", nargs="+", default=["protonet"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--split", default="val", choices=["val", "novel"])
+    ap.add_argument("--methods", nargs="*", default=["kd", "rkd", "srl"], choices=list(METHODS))
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME: key=value ...",
+                    help="an extra distilled student with these overrides")
+    ap.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for every run")
+    ap.add_argument("--teacher-set", nargs="*", default=[], metavar="key=value", help="overrides for the teacher")
+    ap.add_argument("--student-set", nargs="*", default=[], metavar="key=value",
+                    help="overrides for the students (alone and distilled)")
+    ap.add_argument("--episodes", type=int, default=600, help="evaluation episodes per setting")
+    ap.add_argument("--no-teacher-row", action="store_true")
+    ap.add_argument("--runs", type=Path, default=Path("runs/transfer"))
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    configure_cpu()
+    start = time.perf_counter()
+    base = {"data.dataset": args.dataset, "out": str(args.runs), **_pairs(args.set)}
+    dataset = load_dataset(load_config(SHIPPED, flags=base).data)
+    students = {"student": {}, **{m: METHODS[m] for m in args.methods}, **dict(map(_variant, args.variant))}
+    runs: dict[str, list] = {}
+    seconds: dict[str, float] = {}
+    for head in args.heads:
+        for seed in args.seeds:
+            common = {**base, "model.head": head, "train.seed": seed}
+            tag = f"{head}_s{seed}"
+            teacher, t_sec = _train({**common, "model.modality": "image+text", **_pairs(args.teacher_set)}, {},
+                                    f"{tag}_teacher", dataset)
+            seconds[f"{head} teacher s{seed}"] = round(t_sec, 1)
+            if not args.no_teacher_row:
+                runs.setdefault(f"{head}: teacher", []).append(teacher.model.eval())
+            cache = None
+            for method, overrides in students.items():
+                student_base = {**common, "model.modality": args.modality, **_pairs(args.student_set)}
+                distilled = method != "student"
+                trainer, sec = _train(student_base, overrides, f"{tag}_{method}".replace(" ", "_").replace("=", ""),
+                                      dataset, teacher.model if distilled else None, cache if distilled else None)
+                if distilled:
+                    cache = trainer.teacher_cache or cache
+                runs.setdefault(f"{head}: {method}", []).append(trainer.model.eval())
+                seconds[f"{head} {method} s{seed}"] = round(sec, 1)
+                print(f"{head} seed {seed} {method}: best val {100 * trainer.best_acc:.2f}% ({sec:.0f} s)", flush=True)
+    settings = [EpisodeConfig(5, 1, 15, False), EpisodeConfig(5, 1, 15, True)]
+    pairs = [(f"{h}: {m}", f"{h}: student") for h in args.heads for m in students if m != "student"]
+    pairs += [(f"{h}: teacher", f"{h}: student") for h in args.heads if not args.no_teacher_row]
+    result = compare(runs, DeviceData(dataset), settings, args.split, args.episodes, 7 if args.split == "val" else 2021,
+                     pairs, progress=False)
+    result.update({"train_seconds": seconds, "base": base, "modality": args.modality, "seeds": args.seeds,
+                   "teacher_set": args.teacher_set, "student_set": args.student_set, "variants": args.variant,
+                   "shipped_config": str(SHIPPED.name), "wall_seconds": round(time.perf_counter() - start, 1),
+                   "note": "best-of-val checkpoints; evaluation seed 7 on val, 2021 on novel"})
+    write_json(result, args.out)
+    print(table(result))
+    print(f"\n{args.out} ({result['wall_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
