@@ -21,12 +21,12 @@ test: $(BIN)/cmkd
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/cmkd
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 
 # Maintainers only: re-render the embedded glyph dataset from Debian font packages.
 glyphs: $(BIN)/cmkd
-	apt-get install -y -q $$($(BIN)/python -c "from cmkd.data.formats.glyph_builder import FONT_PACKAGES; print(' '.join(FONT_PACKAGES))")
-	$(BIN)/python -m cmkd.data.formats.glyph_builder
+	apt-get install -y -q $$($(BIN)/python tools/glyph_builder.py --print-packages)
+	$(BIN)/python tools/glyph_builder.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -38,8 +38,8 @@ from cmkd.data.dataset import FewShotDataset
 from cmkd.data.episodes import EpisodeSampler, episode_labels
 from cmkd.data.formats.glyphs import load_glyphs
 from cmkd.eval.evaluate import evaluate_episodes
-from cmkd.runtime import configure_cpu, pick_device
-from cmkd.train.forward import EpisodeForward, autocast
+from cmkd.runtime import autocast, configure_cpu, pick_device
+from cmkd.train.forward import EpisodeForward
 from cmkd.train.loop import Trainer
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import yaml
 
+from cmkd.checkpoint import load_checkpoint, model_state
 from cmkd.config import EpisodeConfig, load_config
 from cmkd.data.device import DeviceData
 from cmkd.data.registry import load_dataset
 from cmkd.eval.compare import compare, table, write_json
 from cmkd.runtime import configure_cpu
-from cmkd.train.checkpoint import load_checkpoint, model_state
 from cmkd.train.loop import Trainer
 
 SHIPPED = Path(__file__).parents[1] / "configs" / "glyphs_student.yaml"  # the settings a user starts from

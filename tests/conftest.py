@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +14,7 @@ from cmkd.data.dataset import FewShotDataset
 from cmkd.data.formats.glyphs import load_glyphs
 
 torch.set_num_threads(2)
+sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))  # the maintainer tools (glyph and kanji builders)
 
 
 def subset(ds: FewShotDataset, per_split: dict[str, int], per_class: int | None = None) -> FewShotDataset:

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from cmkd.checkpoint import RunDirectory
 from cmkd.cli import main
-from cmkd.train.checkpoint import RunDirectory
 from fixtures import make_folder
 
 FAST = ["train.episodes=4", "train.val_every=4", "train.val_episodes=2", "train.val_query=2", "episode.query=2",
@@ -307,14 +307,13 @@ def test_resume_repairs_a_damaged_best_and_records_it(world):
     assert main(["train", "--name", "r", f"out={world.runs}", "--resume", *FAST, "train.episodes=12"]) == 0
     last = json.loads((run / "last.json").read_text())
     assert any("best.json was damaged" in note for note in last["recovered"])
-    from cmkd.train.checkpoint import load_checkpoint
+    from cmkd.checkpoint import load_checkpoint
 
     load_checkpoint(run / "best.json")  # points at good weights again
 
 
 def test_evaluate_records_a_fallback_to_the_previous_checkpoint(world, tmp_path):
-    from cmkd.train.checkpoint import save_checkpoint
-    from cmkd.train.loop import load_model
+    from cmkd.checkpoint import load_model, save_checkpoint
 
     run = world.runs / "r"
     model, meta = load_model(run)

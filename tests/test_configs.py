@@ -1,21 +1,27 @@
 """Every shipped config loads, and the CUB paper configs run on a fixture in CUB's real layout."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from cmkd.cli import main
-from cmkd.config import load_config
+from cmkd.config import ConfigError, load_config, shipped_configs
 from fixtures import make_cub
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+CONFIGS = shipped_configs()
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_config_loads(path):
-    cfg = load_config(path)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_config_loads_by_name_and_by_path(name):
+    cfg = load_config(name)
     assert cfg.name and cfg.train.episodes > 0
+    assert load_config(CONFIGS[name]) == cfg == load_config(f"{name}.yaml")
+
+
+def test_an_unknown_config_name_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="glyphs_teachr does not exist and is no shipped config; shipped: .*"
+                                          "glyphs_teacher"):
+        load_config("glyphs_teachr")
 
 
 @pytest.mark.parametrize("backbone", ["conv4", "resnet12"])
@@ -27,9 +33,8 @@ def test_cub_paper_configs_run_on_a_fixture(backbone, tmp_path, monkeypatch):
                  "--size", "84", "--name", "cub_84", "--workers", "2"]) == 0
     tiny = [f"out={tmp_path / 'runs'}", "train.episodes=1", "train.val_every=1", "train.val_episodes=2",
             "train.val_query=1", "episode.query=1", "train.episodes_per_step=1"]
-    configs = Path(__file__).parents[1] / "configs" / "cub"
-    assert main(["train", "--config", str(configs / f"{backbone}_teacher.yaml"), *tiny]) == 0
-    assert main(["distill", "--config", str(configs / f"{backbone}_cmkd.yaml"), "--modality", "text",
+    assert main(["train", "--config", f"cub/{backbone}_teacher", *tiny]) == 0
+    assert main(["distill", "--config", f"cub/{backbone}_cmkd", "--modality", "text",
                  "--name", "text_student", "--teacher", str(tmp_path / "runs" / f"cub_{backbone}_teacher"),
                  *tiny]) == 0
     meta = json.loads((tmp_path / "runs" / "text_student" / "best.json").read_text())

@@ -9,16 +9,20 @@ def test_quick_demo_writes_report_plots_and_results(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "student + SRL" in printed and "paired" in printed
+    assert "image student + SRL" in printed and "text student + SRL" in printed and "paired" in printed
     result = json.loads((out / "results.json").read_text())
     names = set(result["settings"][0]["methods"])
-    assert names == {"teacher (image+text)", "student", "student + SRL", "student + KD", "student + RKD"}
+    assert names == {"teacher (image+text)", "image student", "image student + KD", "image student + SRL",
+                     "text student", "text student + KD", "text student + SRL"}
+    assert result["runs"]["text student + SRL"]["config"]["model"]["modality"] == "text"
+    assert result["runs"]["image student + KD"]["config"]["distill"]["method"] == "kd"
     labels = [s["label"] for s in result["settings"]]
     assert labels == ["5-way 1-shot", "5-way 5-shot", "5-way 1-shot fine-grained", "5-way 5-shot fine-grained"]
     for s in result["settings"]:
         lengths = {len(run) for runs in s["per_episode"].values() for run in runs}
         assert lengths == {result["episodes"]}, "every method scored on the same episodes"
-        assert "student + SRL - student" in s["paired"]
+        assert {"image student + SRL - image student", "text student + SRL - text student",
+                "teacher (image+text) - text student"} <= set(s["paired"])
     report = (out / "report.md").read_text()
     assert "Quick mode" in report and "val_curves.png" in report and "relations.png" in report
     for png in ("val_curves.png", "relations.png"):

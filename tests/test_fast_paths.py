@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from cmkd.checkpoint import load_checkpoint
 from cmkd.config import ConfigError, EpisodeConfig, load_config
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.device import DeviceData, choose_placement
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
-from cmkd.train.checkpoint import load_checkpoint
-from cmkd.train.forward import resolve_precision
+from cmkd.runtime import resolve_precision
 from cmkd.train.loop import Trainer
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cmkd.checkpoint import load_checkpoint, model_state
 from cmkd.cli import CONFIG_FLAGS, main
 from cmkd.config import load_config, resume_conflicts
 from cmkd.runtime import provenance, source_commit
-from cmkd.train.checkpoint import load_checkpoint, model_state
 
 REPO = Path(__file__).parents[1]
 FAST = ["train.episodes=6", "train.val_every=6", "train.val_episodes=4", "train.val_query=2", "episode.query=2",
@@ -78,13 +78,13 @@ def test_layers_in_order(tmp_path):
 
 
 def _train_teacher(out: Path) -> Path:
-    assert main(["train", "--config", str(REPO / "configs" / "glyphs_teacher.yaml"), f"out={out}", *FAST]) == 0
+    assert main(["train", "--config", "glyphs_teacher", f"out={out}", *FAST]) == 0
     return out / "glyphs_teacher"
 
 
 def test_the_reported_reproduction_trains_a_text_student_named_foo_with_kd(tmp_path):
     teacher = _train_teacher(tmp_path)
-    assert main(["distill", "--config", str(REPO / "configs" / "glyphs_distill.yaml"), "--teacher", str(teacher),
+    assert main(["distill", "--config", "glyphs_distill", "--teacher", str(teacher),
                  "--modality", "text", "--method", "kd", "--name", "foo", f"out={tmp_path}", *FAST]) == 0
     assert not (tmp_path / "glyphs_student_srl").exists()
     tensors, meta = load_checkpoint(tmp_path / "foo" / "best.json")
@@ -96,7 +96,7 @@ def test_the_reported_reproduction_trains_a_text_student_named_foo_with_kd(tmp_p
 
 
 def test_train_modality_flag_over_a_file_that_says_image(tmp_path):
-    assert main(["train", "--config", str(REPO / "configs" / "glyphs_student.yaml"), "--modality", "text",
+    assert main(["train", "--config", "glyphs_student", "--modality", "text",
                  "--name", "txt", f"out={tmp_path}", *FAST]) == 0
     tensors, meta = load_checkpoint(tmp_path / "txt" / "best.json")
     assert meta["spec"]["model"]["modality"] == "text"
@@ -109,7 +109,7 @@ def test_paper_script_dry_run_lists_unique_runs_with_the_grid_settings(tmp_path)
         env["CMKD"] = str(tmp_path / "cmkd")
         Path(env["CMKD"]).write_text(f"#!/bin/sh\nexec {sys.executable} -m cmkd.cli \"$@\"\n")
         os.chmod(env["CMKD"], 0o755)
-    done = subprocess.run(["bash", str(REPO / "configs" / "cub" / "run_paper.sh"), "--dry-run"], env=env,
+    done = subprocess.run(["bash", str(REPO / "scripts" / "run_paper.sh"), "--dry-run"], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     configs = [c for c in yaml.safe_load_all(done.stdout) if c]
@@ -155,7 +155,7 @@ def test_resume_refuses_another_training_config_and_writes_nothing(tmp_path, cap
 
 def test_resume_refuses_another_teacher(tmp_path, capsys):
     t1 = _train_teacher(tmp_path / "a")
-    assert main(["train", "--config", str(REPO / "configs" / "glyphs_teacher.yaml"), f"out={tmp_path / 'b'}",
+    assert main(["train", "--config", "glyphs_teacher", f"out={tmp_path / 'b'}",
                  "train.seed=1", *FAST]) == 0
     t2 = tmp_path / "b" / "glyphs_teacher"
     args = ["distill", "--name", "s", f"out={tmp_path}", *FAST]
@@ -170,7 +170,7 @@ def test_resume_refuses_another_teacher(tmp_path, capsys):
 
 def test_resume_conflicts_lists_fields():
     a = load_config().to_dict()
-    b = load_config(overrides=["model.backbone=resnet12", "distill.weight=2", "eval.episodes=5",
+    b = load_config(overrides=["model.backbone=resnet12", "distill.weight=2", "train.threads=1",
                                "train.episodes=5000", "out=elsewhere"]).to_dict()
     assert resume_conflicts(a, b) == ["distill.weight: 1.0 -> 2.0", "model.backbone: 'conv4' -> 'resnet12'"]
 

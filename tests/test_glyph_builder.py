@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 fontTools = pytest.importorskip("fontTools", reason="the dev extra brings fontTools")
-from cmkd.data.formats import glyph_builder as gb  # noqa: E402
+import glyph_builder as gb  # noqa: E402  (tools/ is on the path: conftest.py)
 from cmkd.data.splits import split_by_group  # noqa: E402
 
 FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"

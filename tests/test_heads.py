@@ -12,10 +12,15 @@ from cmkd.data.text import Vocab
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.models.backbones import ResNet12, ResNet18
 from cmkd.models.fewshot import FewShotModel
-from cmkd.models.heads import FEAT, MatchingNet, ProtoNet, RelationNet
+from cmkd.models.heads import FewShotHead
+from cmkd.models.heads.feat import FEAT
+from cmkd.models.heads.matchingnet import MatchingNet
+from cmkd.models.heads.protonet import ProtoNet
+from cmkd.models.heads.relationnet import RelationNet
+from cmkd.registry import HEADS as HEAD_REGISTRY
 from cmkd.train.loop import Trainer
 
-HEADS = ["protonet", "matchingnet", "relationnet", "feat"]
+HEADS = list(HEAD_REGISTRY.names)
 VOCAB = Vocab.build(["latin small letter a", "with acute"])
 
 
@@ -28,6 +33,8 @@ COMBOS += [(h, "conv4", "text") for h in HEADS]
 def test_shapes_for_every_head_backbone_and_role(head, backbone, modality):
     cfg = ModelConfig(modality=modality, backbone=backbone, head=head, text_dim=16, embed_dim=32, fce=True)
     model = FewShotModel(cfg, in_channels=1, image_size=32, vocab=VOCAB)
+    assert isinstance(model.head, FewShotHead)
+    assert model.wants_maps == (head == "relationnet")
     way, shot, query, episodes = 3, 2, 2, 2
     n = way * (shot + query)
     images = torch.randn(episodes * n, 1, 32, 32) if model.uses_image else None
@@ -67,7 +74,7 @@ def test_relationnet_compares_query_with_class_mean_maps():
         def forward(self, pairs):
             return (pairs[:, :2].sum((1, 2, 3)) - pairs[:, 2:].sum((1, 2, 3))).unsqueeze(1)
 
-    head.module = Probe()
+    head.relation_module = Probe()
     support = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [10.0, 0.0]]])  # class 0: mean (2, 2); class 1: (10, 0)
     labels = torch.tensor([[0, 0, 1]])
     query = torch.tensor([[[1.0, 2.0]]])

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from cmkd.config import DistillConfig
-from cmkd.losses.baselines import distill_weights
+from cmkd.losses.methods import loss_settings
 from cmkd.losses.srl import (
-    SRLWeights,
+    SRLSettings,
     angle_structure,
     distance_structure,
     relation_kl,
     spatial_relation_loss,
+    standardise,
 )
 
 STUDENT = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
@@ -54,7 +55,7 @@ def test_srl_is_the_weighted_sum_and_zero_for_equal_relations():
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(2, 10, 6, generator=g)
     scores = torch.randn(2, 5, 5, generator=g)
-    w = SRLWeights(rel=0.5, dist=2.0, angle=3.0, tau=4.0)
+    w = SRLSettings(rel=0.5, dist=2.0, angle=3.0, tau=4.0)
     same = spatial_relation_loss(scores, scores.clone(), emb, emb.clone(), w)
     assert same["srl"].item() == pytest.approx(0.0, abs=1e-6)
     other = spatial_relation_loss(scores, torch.randn(2, 5, 5, generator=g), emb,
@@ -65,7 +66,7 @@ def test_srl_is_the_weighted_sum_and_zero_for_equal_relations():
 
 
 def test_structure_terms_are_invariant_to_rescaling_either_embedding():
-    """The structure terms are scale-free (DESIGN.md); the relation term, by design, follows the
+    """The structure terms are scale-free (docs/design.md); the relation term, by design, follows the
     head's scores and their temperature, so it is not part of this invariance."""
     g = torch.Generator().manual_seed(1)
     s, t = torch.randn(3, 12, 5, generator=g), torch.randn(3, 12, 8, generator=g)
@@ -81,18 +82,64 @@ def test_gradients_reach_the_student_never_the_teacher():
     t_emb = torch.randn(1, 10, 7, generator=g, requires_grad=True)  # other dimension
     s_scores = torch.randn(1, 5, 5, generator=g, requires_grad=True)
     t_scores = torch.randn(1, 5, 5, generator=g, requires_grad=True)
-    out = spatial_relation_loss(s_scores, t_scores, s_emb, t_emb, SRLWeights(1.0, 1.0, 1.0, 4.0))
+    out = spatial_relation_loss(s_scores, t_scores, s_emb, t_emb, SRLSettings(1.0, 1.0, 1.0, 4.0))
     out["srl"].backward()
     assert s_emb.grad is not None and s_emb.grad.abs().sum() > 0
     assert s_scores.grad is not None and s_scores.grad.abs().sum() > 0
     assert t_emb.grad is None and t_scores.grad is None
 
 
-def test_baselines_are_named_weightings():
-    assert distill_weights(DistillConfig(method="none")) is None
-    kd = distill_weights(DistillConfig(method="kd", tau=3.0))
-    assert (kd.rel, kd.dist, kd.angle, kd.tau) == (1.0, 0.0, 0.0, 3.0)
-    rkd = distill_weights(DistillConfig(method="rkd"))
-    assert (rkd.rel, rkd.dist, rkd.angle) == (0.0, 1.0, 2.0)
-    srl = distill_weights(DistillConfig(method="srl", rel=1.0, dist=0.5, angle=0.25))
-    assert (srl.rel, srl.dist, srl.angle) == (1.0, 0.5, 0.25)
+def test_methods_are_named_settings_of_the_same_terms():
+    assert loss_settings(DistillConfig(method="none")) is None
+    kd = loss_settings(DistillConfig(method="kd", kd_tau=3.0, tau=9.0))
+    assert (kd.rel, kd.dist, kd.angle, kd.tau, kd.standardised, kd.student_view) == (1.0, 0.0, 0.0, 3.0, "none",
+                                                                                     "same")
+    rkd = loss_settings(DistillConfig(method="rkd"))
+    assert (rkd.rel, rkd.dist, rkd.angle, rkd.student_view) == (0.0, 1.0, 2.0, "same")
+    srl = loss_settings(DistillConfig(method="srl", rel=1.0, dist=0.5, angle=0.25, tau=2.0))
+    assert (srl.rel, srl.dist, srl.angle, srl.tau) == (1.0, 0.5, 0.25, 2.0)
+    default = loss_settings(DistillConfig())
+    assert (default.standardised, default.student_view, default.tau) == ("episode", "clean", 1.0)
+    assert DistillConfig().weight == 4.0
+
+
+def test_standardise_golden_values():
+    s = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]]])  # one episode, two queries, three classes
+    q = standardise(s, "query")
+    assert torch.allclose(q[0, 0], torch.tensor([-1.0, 0.0, 1.0]) / math.sqrt(2 / 3), atol=1e-5)
+    assert torch.allclose(q[0, 1], torch.tensor([-2.0, -2.0, 4.0]) / math.sqrt(8), atol=1e-5)
+    e = standardise(s, "episode")
+    scale = math.sqrt((2 / 3 + 8) / 2)  # one standard deviation over both queries' centred scores
+    assert torch.allclose(e[0, 0], torch.tensor([-1.0, 0.0, 1.0]) / scale, atol=1e-5)
+    assert torch.allclose(e[0, 1], torch.tensor([-2.0, -2.0, 4.0]) / scale, atol=1e-5)
+
+
+@pytest.mark.parametrize("per", ["query", "episode"])
+def test_standardised_relations_ignore_each_heads_scale_and_offset(per):
+    """What makes one temperature mean the same for every head: scores of any scale and offset
+    (distances, log-probabilities, logits) give the same relation term."""
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 6, 5, generator=g), torch.randn(2, 6, 5, generator=g)
+    ref = relation_kl(s, t, 1.0, per).item()
+    assert relation_kl(40.0 * s - 7.0, t, 1.0, per).item() == pytest.approx(ref, rel=1e-4)
+    assert relation_kl(s, 0.02 * t + 3.0, 1.0, per).item() == pytest.approx(ref, rel=1e-4)
+    assert relation_kl(40.0 * s, t, 1.0, "none").item() != pytest.approx(ref, rel=1e-2)
+
+
+def test_episode_standardising_keeps_the_teachers_relative_confidence():
+    t = torch.tensor([[[4.0, 0.0, 0.0], [1.0, 0.0, 0.0]]])  # a sure query and an unsure one
+    p_query = torch.softmax(standardise(t, "query"), -1)[0, :, 0]
+    p_episode = torch.softmax(standardise(t, "episode"), -1)[0, :, 0]
+    assert p_query[0] == pytest.approx(p_query[1].item())  # per query: both look alike
+    assert p_episode[0] > p_episode[1] + 0.3
+
+
+def test_correct_only_weighs_out_the_queries_the_teacher_gets_wrong():
+    s = torch.tensor([[[0.0, 1.0], [2.0, 0.0]]])
+    t = torch.tensor([[[3.0, 0.0], [3.0, 0.0]]])  # right on query 0 (label 0), wrong on query 1 (label 1)
+    labels = torch.tensor([[0, 1]])
+    only = relation_kl(s, t, 1.0, "none", weights=(t.argmax(-1) == labels).float())
+    assert only.item() == pytest.approx(relation_kl(s[:, :1], t[:, :1], 1.0).item(), rel=1e-6)
+    w = SRLSettings(rel=1.0, dist=0.0, tau=1.0, standardised="none", correct_only=True)
+    emb = torch.zeros(1, 4, 2)
+    assert spatial_relation_loss(s, t, emb, emb, w, labels)["rel"].item() == pytest.approx(only.item())

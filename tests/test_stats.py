@@ -38,3 +38,49 @@ def test_paired_difference():
     assert same.diff.mean == 0 and same.p == 1.0
     with pytest.raises(ValueError, match="same episodes"):
         paired_difference(a, b[:3])
+
+
+def test_t_quantile_inverts_the_t_distribution():
+    from cmkd.eval.stats import t_quantile
+
+    assert t_quantile(0.05, 10) == pytest.approx(2.228138852, rel=1e-6)
+    assert t_quantile(0.05, 2) == pytest.approx(4.302652730, rel=1e-6)
+    assert t_quantile(0.05, 10**6) == pytest.approx(1.959966, rel=1e-5)
+
+
+def test_over_seeds_adds_the_spread_of_the_run_means():
+    from cmkd.eval.stats import over_seeds, t_quantile
+
+    runs = np.array([[0.6, 0.8, 0.7, 0.9], [0.5, 0.7, 0.6, 0.8], [0.7, 0.9, 0.8, 1.0]])  # seeds shift everything
+    s = over_seeds(runs)
+    per_episode = runs.mean(0)
+    ve = per_episode.var(ddof=1) / 4
+    vs = runs.mean(1).var(ddof=1) / 3
+    dof = (ve + vs) ** 2 / (ve**2 / 3 + vs**2 / 2)
+    assert s.mean == pytest.approx(0.75) and s.dof == pytest.approx(dof)
+    assert s.ci95 == pytest.approx(t_quantile(0.05, dof) * math.sqrt(ve + vs))
+    assert s.seed_means == pytest.approx((0.75, 0.65, 0.85))
+    one = over_seeds(runs[:1])
+    assert one.ci95 == pytest.approx(t_quantile(0.05, 3) * runs[0].std(ddof=1) / 2)
+    assert s.ci95 > over_seeds(runs - runs.mean(1, keepdims=True) + 0.75).ci95  # same episodes, no seed spread
+
+
+def test_paired_over_seeds_matches_the_paired_t_test_for_one_run_each():
+    from cmkd.eval.stats import paired_over_seeds
+
+    a = np.array([0.9, 0.8, 1.0, 0.7, 0.9])
+    b = np.array([0.8, 0.8, 0.9, 0.6, 0.7])
+    one, classic = paired_over_seeds(a[None], b[None]), paired_difference(a, b)
+    assert one.mean == pytest.approx(classic.diff.mean) and one.t == pytest.approx(classic.t)
+    assert one.p == pytest.approx(classic.p, rel=1e-6)
+    noisy = paired_over_seeds(np.stack([a, a - 0.2]), np.stack([b, b + 0.1]))
+    assert noisy.p > one.p and noisy.seeds == 4
+
+
+def test_seed_for_is_stable_and_separates_purposes():
+    from cmkd.runtime import seed_for
+
+    assert seed_for(0, "step", 3) == seed_for(0, "step", 3)
+    seeds = {seed_for(0, "step", 3), seed_for(0, "step", 4), seed_for(1, "step", 3), seed_for(0, "episodes", 3)}
+    assert len(seeds) == 4
+    assert 0 <= seed_for(2**31, "x", 10**9) < 2**63

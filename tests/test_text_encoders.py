@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cmkd.data.text import Vocab
-from cmkd.models.text_encoders import BagOfWords, BiGRU, MiniLM, build_text_encoder
+from cmkd.models.text_encoders import BagOfWords, BiGRU, MiniLM
+from cmkd.registry import TEXT_ENCODERS
 
 TEXTS = ["latin small letter a", "latin small letter a with acute", "cyrillic small letter zhe"]
 
@@ -59,5 +60,7 @@ def test_missing_text_extra_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_unknown_encoder_is_named():
-    with pytest.raises(ValueError, match="unknown text encoder 'elmo'"):
-        build_text_encoder("elmo", None, 8, 0.0)
+    with pytest.raises(ValueError, match="unknown text encoder 'elmo'; available: bow, bigru, minilm"):
+        TEXT_ENCODERS.build("elmo", vocab=None, out_dim=8, word_dropout=0.0)
+    with pytest.raises(ValueError, match="text encoder 'bow' needs a vocabulary"):
+        TEXT_ENCODERS.build("bow", vocab=None, out_dim=8, word_dropout=0.0)

@@ -6,17 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from cmkd.config import EpisodeConfig
-from cmkd.data.device import DeviceData
-from cmkd.eval.evaluate import episode_list, evaluate_episodes
-from cmkd.train.checkpoint import (
+from cmkd.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_latest_good,
+    load_model,
     model_state,
     save_checkpoint,
 )
-from cmkd.train.loop import Trainer, TrainingDiverged, load_model
+from cmkd.config import EpisodeConfig
+from cmkd.data.device import DeviceData
+from cmkd.eval.evaluate import episode_list, evaluate_episodes
+from cmkd.models import inputs
+from cmkd.train.loop import Trainer, TrainingDiverged
 
 
 def test_tiny_run_lowers_loss_and_beats_chance(small, fast_cfg):
@@ -137,11 +139,11 @@ def test_device_data_mean_caption_embedding(small, fast_cfg):
     data = DeviceData(small)
     idx = torch.arange(4)
     trainer.model.eval()
-    table = data.caption_table(trainer.model)
+    table = inputs.caption_table(data, trainer.model)
     with torch.no_grad():
-        each = torch.stack([data.embed(trainer.model, idx, caption_ids=table.sample_captions[idx, k])
+        each = torch.stack([inputs.embed(data, trainer.model, idx, caption_ids=table.sample_captions[idx, k])
                             for k in range(10)])  # the ten descriptions of each glyph, one at a time
-        mean = data.embed(trainer.model, idx, all_captions=True)
+        mean = inputs.embed(data, trainer.model, idx, all_captions=True)
     assert torch.allclose(each.mean(0), mean, atol=1e-5)  # a text student's embedding is their mean
     assert not torch.allclose(each[0], mean, atol=1e-3)
 

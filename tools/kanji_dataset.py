@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cmkd.data.formats.glyph_builder import CLONE_COSINE, Face, _debian_package, _unit, read_face, render_face
+from glyph_builder import CLONE_COSINE, Face, _debian_package, _unit, read_face, render_face
 
 KANJIDIC = Path("/usr/share/edict/kanjidic")
 FONT_PACKAGES = (

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cmkd.config import Config, ConfigError, DataConfig, EpisodeConfig, check_name, load_config
+from cmkd.checkpoint import CheckpointError, OutputFolderError, RunDirectory, ensure_writable_folder
+from cmkd.config import CHOICES, Config, ConfigError, DataConfig, EpisodeConfig, check_name, load_config
 from cmkd.data.dataset import DatasetError
 from cmkd.data.images import ImageError
-from cmkd.train.checkpoint import CheckpointError, OutputFolderError, RunDirectory, ensure_writable_folder
+from cmkd.registry import METHODS
 
 #: Command-line flags that set a config field: flag attribute -> dotted key.
 CONFIG_FLAGS = {"name": "name", "modality": "model.modality", "method": "distill.method",
@@ -43,12 +44,14 @@ def _report(trainer) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from cmkd import distributed
     from cmkd.data.registry import load_dataset
+    from cmkd.runtime import configure_cpu
     from cmkd.train.loop import Trainer
 
     cfg = _config(args)
     if args.print_config:
         return _print_config(cfg)
     RunDirectory(cfg.run_dir).check(args.resume, args.overwrite)  # before any data is loaded
+    configure_cpu(cfg.train.threads)
     trainer = Trainer(cfg, load_dataset(cfg.data), distributed.setup(args.device))
     trainer.fit(resume=args.resume, overwrite=args.overwrite)
     _report(trainer)
@@ -56,8 +59,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from cmkd import distributed
+    from cmkd.checkpoint import load_model
     from cmkd.data.registry import load_dataset
-    from cmkd.train.loop import Trainer, load_model
+    from cmkd.runtime import configure_cpu
+    from cmkd.train.loop import Trainer
 
     cfg = _config(args)
     if args.print_config:
@@ -67,6 +72,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     if cfg.model.modality == "image+text":
         raise ConfigError("model.modality: a distilled student sees one modality; use image or text")
     RunDirectory(cfg.run_dir).check(args.resume, args.overwrite)  # before the teacher and data are loaded
+    configure_cpu(cfg.train.threads)
     device = distributed.setup(args.device)
     teacher, meta = load_model(cfg.distill.teacher, device)
     if teacher.cfg.modality == cfg.model.modality:
@@ -80,12 +86,11 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from cmkd import distributed
+    from cmkd.checkpoint import load_model
     from cmkd.data.device import DeviceData
     from cmkd.data.registry import load_dataset
     from cmkd.eval.compare import compare, table, write_json
-    from cmkd.runtime import configure_cpu
-    from cmkd.train.forward import resolve_precision
-    from cmkd.train.loop import load_model
+    from cmkd.runtime import configure_cpu, resolve_precision
 
     configure_cpu()
     ensure_writable_folder(args.out.parent)  # before any model is scored
@@ -155,7 +160,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         texts = [captions_beside(p) for p in [*support, *queries]]
         missing = [str(p) for p, t in zip([*support, *queries], texts) if not t]
         if missing:
-            raise ValueError(f"{args.model} sees {clf.model.cfg.modality} and needs a caption for every "
+            raise ImageError(f"{args.model} sees {clf.model.cfg.modality} and needs a caption for every "
                              f"image; no <stem>.txt beside: {', '.join(missing[:3])}"
                              f"{' ...' if len(missing) > 3 else ''}. Use a student checkpoint for images alone")
     clf.fit(support, labels, texts[: len(support)] if texts else None)
@@ -204,7 +209,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         listing = list_flowers(args.root, args.captions, args.split_file, seed=args.seed)
     else:
         if args.captions or args.crop or args.split_file:
-            raise ValueError("the folder format keeps captions, splits.json and groups.json inside --root; "
+            raise ConfigError("the folder format keeps captions, splits.json and groups.json inside --root; "
                              "drop --captions/--crop/--split-file")
         listing = list_folder(args.root, seed=args.seed)
     out = args.out or data_home() / (args.name or f"{args.format}_{args.size}")
@@ -255,92 +260,141 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         print(f"(no prepared datasets in {data_home()}; `cmkd prepare` makes one)")
 
 
+def cmd_config(args: argparse.Namespace) -> None:
+    from cmkd.config import field_help, shipped_configs
+
+    if args.action == "list":
+        for name, path in shipped_configs().items():
+            first = path.read_text().splitlines()[0].lstrip("# ")
+            print(f"{name:22s} {first}")
+    elif args.action == "keys":
+        for key, (default, text) in field_help().items():
+            print(f"{key:28s} {default!r:12s} {text}")
+    else:
+        overrides = list(args.overrides)
+        name = args.name
+        if name is not None and "=" in name:  # `cmkd config show train.lr=0.1`: no name, only overrides
+            overrides, name = [name, *overrides], None
+        _print_config(load_config(name, overrides))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from cmkd.demo import run_demo
+    from cmkd.runtime import configure_cpu
 
+    configure_cpu()
     run_demo(Path(args.out), quick=args.quick, with_baselines=not args.no_baselines)
 
 
+EPILOG = """examples:
+  cmkd train --config glyphs_teacher                         # a shipped config, by name
+  cmkd train --config glyphs_student train.episodes=300 distill.tau=8
+  cmkd distill --config glyphs_distill --teacher runs/glyphs_teacher --modality text
+  cmkd config show glyphs_teacher train.lr=0.01              # the effective config
+  cmkd evaluate student=runs/s0,runs/s1,runs/s2 srl=runs/d0,runs/d1,runs/d2 --fine-grained
+
+config precedence: defaults < --config file < flags you typed < section.key=value overrides"""
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown in --help, and the epilog's line breaks kept."""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from cmkd.version import __version__
+
     p = argparse.ArgumentParser(prog="cmkd", description="Cross-modal knowledge distillation for "
-                                "fine-grained one-shot classification (Zhao et al., ICASSP 2021)")
+                                "fine-grained one-shot classification (Zhao et al., ICASSP 2021)",
+                                epilog=EPILOG, formatter_class=_Help)
+    p.add_argument("--version", action="version", version=f"cmkd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def add(name: str, helptext: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=helptext, description=helptext, epilog=EPILOG, formatter_class=_Help)
+
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", type=Path, help="YAML config (see configs/); flags and key=value win over it")
+        sp.add_argument("--config", help="YAML config: a path or a shipped name (cmkd config list); flags and "
+                        "key=value win over it")
         sp.add_argument("--name", help="run name: weights go to <out>/<name> (sets name)")
-        sp.add_argument("--modality", choices=["image", "text", "image+text"], help="sets model.modality")
+        sp.add_argument("--modality", choices=CHOICES["model.modality"], help="sets model.modality")
         sp.add_argument("--resume", action="store_true", help="continue from <run>/last.json")
         sp.add_argument("--overwrite", action="store_true", help="replace the run this name already holds")
         sp.add_argument("--print-config", action="store_true",
                         help="print the effective config (defaults < file < flags < key=value) and exit")
-        sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; under torchrun each "
+        sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (none: cuda if available; under torchrun each "
                         "rank takes the GPU of its local rank)")
-        sp.add_argument("overrides", nargs="*", metavar="section.key=value")
+        sp.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides (cmkd config keys)")
 
-    t = sub.add_parser("train", help="train a few-shot model (student or image+text teacher)")
+    t = add("train", "train a few-shot model (student or image+text teacher)")
     common(t)
     t.set_defaults(func=cmd_train)
 
-    d = sub.add_parser("distill", help="train a one-modality student with CE + lambda * SRL from a teacher")
+    d = add("distill", "train a one-modality student with its loss + lambda * SRL from a teacher")
     common(d)
-    d.add_argument("--teacher", type=Path, help="teacher run directory or checkpoint (sets distill.teacher)")
-    d.add_argument("--method", choices=["none", "kd", "rkd", "srl"], help="sets distill.method")
+    d.add_argument("--teacher", help="teacher run directory or checkpoint (sets distill.teacher)")
+    d.add_argument("--method", choices=METHODS.names, help="sets distill.method")
     d.add_argument("--init", type=Path, help="start the student from this checkpoint")
     d.set_defaults(func=cmd_distill)
 
-    e = sub.add_parser("evaluate", help="score runs on the same fixed episodes and compare them")
+    e = add("evaluate", "score runs on the same fixed episodes and compare them")
     e.add_argument("runs", nargs="+", metavar="[NAME=]RUN[,RUN...]",
                    help="run directories or checkpoints; several runs of one method (training seeds) separated by "
                         "commas are pooled: mean and interval over runs and episodes")
-    e.add_argument("--split", default="novel")
-    e.add_argument("--episodes", type=int, default=600)
-    e.add_argument("--seed", type=int, default=2021)
-    e.add_argument("--way", type=int, default=5)
-    e.add_argument("--shots", type=int, nargs="+")
-    e.add_argument("--query", type=int, default=15)
-    e.add_argument("--fine-grained", action="store_true", help="also fine-grained episodes")
-    e.add_argument("--reference", help="paired differences against this run (default: the first)")
-    e.add_argument("--out", type=Path, default=Path("runs/evaluation.json"))
-    e.add_argument("--device")
-    e.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
-                   help="encoder precision (default fp32; auto = bf16 on GPUs)")
-    e.add_argument("--placement", choices=["auto", "device", "host"], default="auto",
+    e.add_argument("--split", default="novel", choices=["base", "val", "novel"], help="classes the episodes use")
+    e.add_argument("--episodes", type=int, default=600, help="fixed episodes per setting")
+    e.add_argument("--seed", type=int, default=2021, help="seed of the fixed episode list")
+    e.add_argument("--way", type=int, default=5, help="classes per episode")
+    e.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="support samples per class (each a setting)")
+    e.add_argument("--query", type=int, default=15, help="queries per class")
+    e.add_argument("--fine-grained", action="store_true", help="also fine-grained episodes (one group per episode)")
+    e.add_argument("--reference", help="paired differences against this method (none: the first)")
+    e.add_argument("--out", type=Path, default=Path("runs/evaluation.json"), help="results JSON")
+    e.add_argument("--device", help="cpu, cuda, ... (none: cuda if available)")
+    e.add_argument("--precision", choices=CHOICES["train.precision"], default="fp32",
+                   help="encoder precision (auto = bf16 on GPUs)")
+    e.add_argument("--placement", choices=CHOICES["data.placement"], default="auto",
                    help="where the images live (see data.placement)")
     e.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="classify query images from one (or K) labelled examples per class")
+    pr = add("predict", "classify query images from one (or K) labelled examples per class")
     pr.add_argument("--model", required=True, type=Path, help="student run directory or checkpoint")
     pr.add_argument("--support", required=True, type=Path, help="DIR/<class>/<image>: the labelled examples")
     pr.add_argument("--query", required=True, type=Path, nargs="+",
                     help="images or folders; a query inside a folder named like a class counts toward accuracy")
     pr.add_argument("--json", action="store_true", help="machine-readable output")
-    pr.add_argument("--device")
+    pr.add_argument("--device", help="cpu, cuda, ... (none: cuda if available)")
     pr.set_defaults(func=cmd_predict)
 
-    pp = sub.add_parser("prepare", help="decode a dataset once into the cache that training loads")
-    pp.add_argument("format", choices=["cub", "flowers", "folder"])
+    pp = add("prepare", "decode a dataset once into the cache that training loads")
+    pp.add_argument("format", choices=["cub", "flowers", "folder"], help="the dataset's on-disk format")
     pp.add_argument("--root", required=True, type=Path, help="CUB_200_2011/, the Oxford-102 folder, or ROOT/<class>/")
     pp.add_argument("--captions", type=Path, help="caption tree (Reed et al.'s text_c10/) for cub and flowers")
-    pp.add_argument("--size", type=int, default=84, help="square image side after resizing (default 84)")
-    pp.add_argument("--channels", type=int, choices=[1, 3], default=3)
+    pp.add_argument("--size", type=int, default=84, help="square image side after resizing")
+    pp.add_argument("--channels", type=int, choices=[1, 3], default=3, help="1: grey, 3: RGB")
     pp.add_argument("--crop", action="store_true", help="cub: crop to the bounding box first")
     pp.add_argument("--split-file", type=Path, help="class splits as JSON {base: [...], ...} or CSV class,split")
     pp.add_argument("--seed", type=int, default=0, help="seed of fraction splits (flowers, folder)")
-    pp.add_argument("--name", help="dataset name under $CMKD_DATA (default <format>_<size>)")
+    pp.add_argument("--name", help="dataset name under $CMKD_DATA (none: <format>_<size>)")
     pp.add_argument("--out", type=Path, help="explicit output folder (overrides --name)")
     pp.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
-    pp.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    pp.add_argument("--workers", type=int, help="decoding processes (none: all cores)")
     pp.set_defaults(func=cmd_prepare)
 
-    ds = sub.add_parser("datasets", help="list available datasets with counts")
-    ds.add_argument("--json", action="store_true")
+    ds = add("datasets", "list available datasets with counts")
+    ds.add_argument("--json", action="store_true", help="machine-readable output")
     ds.set_defaults(func=cmd_datasets)
 
-    dm = sub.add_parser("demo", help="teacher, student, student+CMKD on glyphs, with a report")
-    dm.add_argument("--out", default="runs/demo")
-    dm.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test)")
-    dm.add_argument("--no-baselines", action="store_true", help="skip the KD and RKD baselines")
+    cf = add("config", "show configs: the shipped ones, every key with its default, an effective config")
+    cf.add_argument("action", choices=["show", "list", "keys"],
+                    help="show [NAME] [key=value ...]: the effective YAML; list: shipped configs; keys: every key")
+    cf.add_argument("name", nargs="?", help="show: a shipped config name or a YAML path")
+    cf.add_argument("overrides", nargs="*", metavar="section.key=value", help="show: overrides")
+    cf.set_defaults(func=cmd_config)
+
+    dm = add("demo", "teacher, image and text students alone and distilled, on glyphs, with a report")
+    dm.add_argument("--out", default="runs/demo", help="folder of the runs, results.json and report.md")
+    dm.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test, not a result)")
+    dm.add_argument("--no-baselines", action="store_true", help="skip the KD baselines")
     dm.set_defaults(func=cmd_demo)
     return p
 
@@ -358,10 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ImageError, OutputFolderError, DatasetError) as err:
-        print(f"cmkd {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # bad episode settings and the like, raised with a message that names the fix
+    except (ConfigError, CheckpointError, DatasetError, ImageError, OutputFolderError, FileNotFoundError) as err:
+        # the project's own errors name the file or field and the fix; anything else is a bug: traceback
         print(f"cmkd {args.command}: error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -10,10 +10,13 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from cmkd.registry import BACKBONES, FUSIONS, HEADS, METHODS, TEXT_ENCODERS
 
 
 class ConfigError(ValueError):
@@ -23,8 +26,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dataset: str = "glyphs"  # 'glyphs' or the path of a prepared cache
-    image_size: int = 32
-    augment: bool = True
+    image_size: int = 32  # square image side in pixels (a prepared cache is made at one size)
+    augment: bool = True  # random affine warps of training images (on the device)
     hflip: bool = False  # never for letters; fine for birds and flowers
     eval_captions: str = "mean"  # how evaluation uses several captions: 'mean' or 'first'
     # 'dataset': the dataset's own text (per-image descriptions for glyphs, Reed captions for CUB);
@@ -38,11 +41,11 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     modality: str = "image"  # 'image', 'text' or 'image+text' (the teacher)
-    backbone: str = "conv4"
-    head: str = "protonet"
+    backbone: str = "conv4"  # image encoder: conv4, resnet12 or resnet18
+    head: str = "protonet"  # few-shot head: protonet, matchingnet, relationnet or feat
     text_encoder: str = "bow"  # 'bow', 'bigru' or 'minilm'
-    text_dim: int = 128
-    fusion: str = "concat"  # 'concat' (concatenation + MLP), 'gated' (gated sum) or 'late' (scaled side by side)
+    text_dim: int = 128  # width of the text embedding
+    fusion: str = "gated"  # 'concat' (concatenation + MLP), 'gated' (gated sum) or 'late' (scaled side by side)
     # teacher training: share of episodes in which one modality (each half of the time) is hidden,
     # so that each one stays discriminative on its own
     modality_dropout: float = 0.0
@@ -59,9 +62,9 @@ class ModelConfig:
 
 @dataclass
 class EpisodeConfig:
-    way: int = 5
-    shot: int = 1
-    query: int = 15
+    way: int = 5  # classes per episode
+    shot: int = 1  # labelled support samples per class
+    query: int = 15  # query samples per class
     fine_grained: bool = False  # draw all classes of an episode from one group
 
     def label(self) -> str:
@@ -70,73 +73,61 @@ class EpisodeConfig:
 
 @dataclass
 class TrainConfig:
-    episodes: int = 1500
-    episodes_per_step: int = 1
+    episodes: int = 1500  # training episodes in all (over all processes)
+    episodes_per_step: int = 1  # episodes batched in one forward (fills a GPU)
     fine_grained_share: float = 0.0  # share of training episodes drawn fine-grained
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    optimizer: str = "adam"  # 'adam' or 'sgd' (Nesterov momentum 0.9)
+    lr: float = 1e-3  # learning rate at the start of the schedule
+    weight_decay: float = 0.0  # L2 penalty of the optimizer
     schedule: str = "cosine"  # 'cosine', 'step' or 'none'
-    step_size: int = 500
-    gamma: float = 0.5
-    val_every: int = 100
-    val_episodes: int = 200
-    val_query: int = 15
-    channels_last: bool = True  # measured faster for Conv-4 on this CPU (DESIGN.md speed model)
+    step_size: int = 500  # schedule=step: episodes between learning-rate drops
+    gamma: float = 0.5  # schedule=step: factor of each drop
+    val_every: int = 100  # episodes between validations (and checkpoints)
+    val_episodes: int = 200  # fixed val episodes scored at each validation
+    val_query: int = 15  # queries per class in the val episodes
+    tensorboard: bool = False  # also log to <run>/tensorboard (needs the tensorboard package)
+    channels_last: bool = True  # measured faster for Conv-4 on this CPU (docs/design.md, speed model)
     precision: str = "auto"  # 'fp32', 'bf16', 'fp16' (autocast of the encoders) or 'auto': bf16 on GPUs
     compile: bool = False  # torch.compile the training forward (pays off on GPUs for long runs)
-    seed: int = 0
+    seed: int = 0  # every random draw of the run derives from it
     threads: int = 0  # 0: all cores
     pretrain_epochs: int = 0  # many-way classification on base classes before episodes (FEAT, Meta-Baseline)
-    pretrain_lr: float = 0.05
-    pretrain_batch: int = 128
+    pretrain_lr: float = 0.05  # pre-training learning rate (SGD, cosine)
+    pretrain_batch: int = 128  # pre-training batch size
 
 
 @dataclass
 class DistillConfig:
     teacher: str | None = None  # path of a teacher run (or its checkpoint)
     method: str = "srl"  # 'none', 'kd', 'rkd' or 'srl'
-    weight: float = 1.0  # lambda in L = CE + lambda * SRL
-    tau: float = 4.0
+    weight: float = 4.0  # lambda in L = head loss + lambda * SRL
+    tau: float = 1.0  # SRL: temperature of the relation distributions (of standardised scores)
+    kd_tau: float = 4.0  # method kd: temperature of Hinton KD on raw episode logits
     rel: float = 1.0  # a: relation-distribution KL
     dist: float = 1.0  # b: scale-free pairwise-distance structure
     angle: float = 0.0  # c: angle structure
-    standardise: str = "none"  # relation term over standardised scores, per 'query' or 'episode' (head-independent tau)
+    # SRL relation term over standardised scores: 'episode' (one scale per episode), 'query' (per query),
+    # or 'none' (raw head scores, whose scale differs per head)
+    standardise: str = "episode"
     correct_only: bool = False  # relation term only on queries the teacher classifies correctly
     warmup: float = 0.0  # share of training over which lambda ramps up linearly from 0
     # 'clean': the teacher embeds un-augmented samples (all captions averaged), computed once and
     # cached; 'same': it sees the student's augmented images and sampled captions every step
     teacher_inputs: str = "clean"
-    # 'same': the distillation terms use the student's training forward (augmented images, one sampled
-    # caption); 'clean': an extra student forward on the teacher's clean inputs (all captions averaged)
-    student_inputs: str = "same"
-
-
-@dataclass
-class EvalConfig:
-    split: str = "novel"
-    episodes: int = 600
-    seed: int = 2021
-    settings: list[EpisodeConfig] = field(
-        default_factory=lambda: [
-            EpisodeConfig(5, 1, 15, False),
-            EpisodeConfig(5, 5, 15, False),
-            EpisodeConfig(5, 1, 15, True),
-            EpisodeConfig(5, 5, 15, True),
-        ]
-    )
+    # SRL: 'clean': the student's side of the SRL from an extra forward on the teacher's clean inputs (no
+    # augmentation, all captions averaged); 'same': from its training forward (augmented, one sampled caption)
+    student_inputs: str = "clean"
 
 
 @dataclass
 class Config:
-    name: str = "run"
-    out: str = "runs"
+    name: str = "run"  # run name: the run folder is <out>/<name>
+    out: str = "runs"  # folder that holds the run folders
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -148,14 +139,14 @@ class Config:
 
 CHOICES = {
     "model.modality": ("image", "text", "image+text"),
-    "model.backbone": ("conv4", "resnet12", "resnet18"),
-    "model.head": ("protonet", "matchingnet", "relationnet", "feat"),
+    "model.backbone": BACKBONES.names,
+    "model.head": HEADS.names,
     "model.relation_loss": ("mse", "ce"),
-    "model.text_encoder": ("bow", "bigru", "minilm"),
-    "model.fusion": ("concat", "gated", "late"),
+    "model.text_encoder": TEXT_ENCODERS.names,
+    "model.fusion": FUSIONS.names,
     "train.optimizer": ("adam", "sgd"),
     "train.schedule": ("cosine", "step", "none"),
-    "distill.method": ("none", "kd", "rkd", "srl"),
+    "distill.method": METHODS.names,
     "data.eval_captions": ("mean", "first"),
     "data.captions": ("dataset", "names"),
     "distill.teacher_inputs": ("clean", "same"),
@@ -180,8 +171,6 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             value = _build(type(current), value, f"{path}.")
-        elif key == "settings":
-            value = [_build(EpisodeConfig, v, f"{path}[{i}].") for i, v in enumerate(value)]
         else:
             value = _coerce(value, current, path)
         setattr(obj, key, value)
@@ -248,9 +237,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for key, value in (base or {}).items():
         _set_dotted(tree, key, value)
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist; the shipped ones are in configs/")
+        path = resolve_config(path)
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError:
@@ -275,6 +262,55 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship with cmkd, by name (``glyphs_teacher``, ``cub/conv4_student``, ...)."""
+    root = Path(str(resources.files("cmkd") / "configs"))
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def resolve_config(path_or_name: str | Path) -> Path:
+    """A config file: an existing path, or the name of a shipped config (with or without ``.yaml``)."""
+    path = Path(path_or_name)
+    if path.exists():
+        return path
+    shipped = shipped_configs()
+    name = path.as_posix().removesuffix(".yaml").removeprefix("configs/")
+    if name in shipped:
+        return shipped[name]
+    raise ConfigError(f"config file {path} does not exist and is no shipped config; shipped: "
+                      f"{', '.join(shipped)} (cmkd config list)")
+
+
+def field_help() -> dict[str, tuple[Any, str]]:
+    """Every config key (``section.key``) with its default and the comment that documents it."""
+    import inspect
+    import io
+    import tokenize
+
+    comments: dict[tuple[str, str], str] = {}
+    for cls in (Config, DataConfig, ModelConfig, EpisodeConfig, TrainConfig, DistillConfig):
+        pending: list[str] = []
+        for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+            if tok.type == tokenize.COMMENT:
+                pending.append(tok.string.lstrip("# ").strip())
+            elif tok.type == tokenize.NAME and tok.start[1] == 4 and tok.line.strip().startswith(f"{tok.string}:"):
+                comments[(cls.__name__, tok.string)] = " ".join(pending)
+                pending = []
+            elif tok.type == tokenize.NEWLINE and "#" in tok.line and not tok.line.strip().startswith("#"):
+                key = tok.line.split(":")[0].strip()
+                comments[(cls.__name__, key)] = tok.line.split("#", 1)[1].strip()
+                pending = []
+    out = {}
+    for section, value in dataclasses.asdict(Config()).items():
+        if isinstance(value, dict):
+            cls = type(getattr(Config(), section))
+            for key, default in value.items():
+                out[f"{section}.{key}"] = (default, comments.get((cls.__name__, key), ""))
+        else:
+            out[section] = (value, comments.get(("Config", section), ""))
+    return out
+
+
 def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(into.get(k), dict):
@@ -294,10 +330,10 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     "train.step_size": (1, None, True), "train.gamma": (0, None, False), "train.val_every": (1, None, True),
     "train.val_episodes": (1, None, True), "train.val_query": (1, None, True), "train.threads": (0, None, True),
     "train.pretrain_epochs": (0, None, True), "train.pretrain_lr": (0, None, False),
-    "train.pretrain_batch": (1, None, True),
-    "distill.weight": (0, None, True), "distill.tau": (0, None, False), "distill.rel": (0, None, True),
+    "train.pretrain_batch": (1, None, True), "train.seed": (0, None, True),
+    "distill.weight": (0, None, True), "distill.tau": (0, None, False),
+    "distill.kd_tau": (0, None, False), "distill.rel": (0, None, True),
     "distill.dist": (0, None, True), "distill.angle": (0, None, True), "distill.warmup": (0, 1, True),
-    "eval.episodes": (1, None, True),
 }
 
 
@@ -320,9 +356,6 @@ def validate(cfg: Config) -> None:
     for dotted, (low, high, closed) in RANGES.items():
         section, key = dotted.split(".")
         _check_range(dotted, getattr(getattr(cfg, section), key), low, high, closed)
-    for i, s in enumerate(cfg.eval.settings):
-        for key, low in (("way", 2), ("shot", 1), ("query", 1)):
-            _check_range(f"eval.settings[{i}].{key}", getattr(s, key), low, None, True)
 
 
 def _check_range(dotted: str, value: float, low: float, high: float | None, closed: bool) -> None:
@@ -337,7 +370,8 @@ def _check_range(dotted: str, value: float, low: float, high: float | None, clos
 
 #: Fields a resumed run may change: where it is written, how fast it runs, evaluation-only settings,
 #: and the teacher's path (the teacher itself is compared by its weights). ``train.episodes`` may grow.
-RESUME_MAY_CHANGE = ("name", "out", "train.threads", "data.placement", "train.compile", "distill.teacher", "eval")
+RESUME_MAY_CHANGE = ("name", "out", "train.threads", "data.placement", "train.compile", "train.tensorboard",
+                     "distill.teacher")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

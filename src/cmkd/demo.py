@@ -1,9 +1,10 @@
-"""``cmkd demo``: the whole story of the paper on the embedded glyph dataset.
+"""``cmkd demo``: the paper's story in both directions on the embedded glyph dataset.
 
-Trains the image+text teacher, the image student alone and the image student with the
-Spatial Relation Loss (plus the Hinton-KD and RKD baselines), scores them all on the
-same fixed novel-class episodes, and writes ``report.md`` with the comparison table,
-validation curves and the teacher's vs the students' relation matrices.
+Trains the image+text teacher, then the image student and the text student, each alone, with
+Hinton KD and with the Spatial Relation Loss (the shipped configs ``glyphs_teacher``,
+``glyphs_student`` and ``glyphs_distill``), scores them all on the same fixed novel-class
+episodes, and writes ``report.md`` with the table, validation curves and the teacher's vs the
+students' relations in one episode.
 """
 
 from __future__ import annotations
@@ -13,40 +14,38 @@ import shutil
 import time
 from pathlib import Path
 
-from cmkd.config import Config, load_config
+from cmkd.checkpoint import load_checkpoint, model_state
+from cmkd.config import Config, EpisodeConfig, load_config
 from cmkd.data.device import DeviceData
 from cmkd.data.registry import load_dataset
 from cmkd.eval.compare import compare, table, write_json
 from cmkd.eval.evaluate import episode_list
 from cmkd.eval.plots import plot_relations, plot_val_curves
-from cmkd.runtime import configure_cpu, provenance_line
+from cmkd.runtime import provenance_line
 from cmkd.train.loop import Trainer
 
-#: Settings shared by every demo run (Conv-4 at 32x32, 5-way 1-shot training episodes).
-DEMO_BASE = {
-    "data.image_size": 32,
-    "episode.way": 5, "episode.shot": 1, "episode.query": 5,
-    "train.episodes": 1200, "train.val_every": 200, "train.val_episodes": 200, "train.val_query": 5,
-    "train.lr": 0.002,
-    "train.fine_grained_share": 0.5,
-    "model.text_encoder": "bow",
-    # tau chosen on the validation split (benchmarks/srl_ablation.py); never on novel classes
-    "distill.tau": 16.0,
-}
-QUICK = {"train.episodes": 40, "train.val_every": 20, "train.val_episodes": 20}
+#: Evaluation: 600 fixed novel episodes per setting, 15 queries per class, the same for every run.
+SETTINGS = [EpisodeConfig(5, 1, 15, False), EpisodeConfig(5, 5, 15, False),
+            EpisodeConfig(5, 1, 15, True), EpisodeConfig(5, 5, 15, True)]
+SPLIT, EPISODES, SEED = "novel", 600, 2021
+QUICK = ["train.episodes=40", "train.val_every=20", "train.val_episodes=20"]
 
-RUNS = {  # name -> (overrides, distilled)
-    "teacher (image+text)": ({"model.modality": "image+text"}, False),
-    "student": ({"model.modality": "image"}, False),
-    "student + SRL": ({"model.modality": "image", "distill.method": "srl"}, True),
-    "student + KD": ({"model.modality": "image", "distill.method": "kd"}, True),
-    "student + RKD": ({"model.modality": "image", "distill.method": "rkd"}, True),
+#: run name -> (shipped config, overrides); students are distilled from the teacher when their
+#: config is glyphs_distill
+RUNS = {
+    "teacher (image+text)": ("glyphs_teacher", []),
+    "image student": ("glyphs_student", []),
+    "image student + KD": ("glyphs_distill", ["distill.method=kd"]),
+    "image student + SRL": ("glyphs_distill", []),
+    "text student": ("glyphs_student", ["model.modality=text"]),
+    "text student + KD": ("glyphs_distill", ["model.modality=text", "distill.method=kd"]),
+    "text student + SRL": ("glyphs_distill", ["model.modality=text"]),
 }
-BASELINES = ("student + KD", "student + RKD")
+BASELINES = ("image student + KD", "text student + KD")
 
 
 def _slug(name: str) -> str:
-    """'student + SRL' -> 'student_SRL' (the run's directory name)."""
+    """'image student + SRL' -> 'image_student_SRL' (the run's directory name)."""
     return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_")
 
 
@@ -54,45 +53,45 @@ def run_demo(out: Path = Path("runs/demo"), quick: bool = False, with_baselines:
              episodes: int | None = None) -> dict:
     """Train, evaluate and report; returns the evaluation result (also in ``out/results.json``)."""
     start = time.perf_counter()
-    configure_cpu()
-    base = {**DEMO_BASE, **(QUICK if quick else {}), "out": str(out)}
-    cfg0 = load_config(base={**base, "name": "probe"})
-    dataset = load_dataset(cfg0.data)
+    names = [n for n in RUNS if with_baselines or n not in BASELINES]
+    configs = {n: load_config(RUNS[n][0], [*RUNS[n][1], *(QUICK if quick else []), f"out={out}",
+                                           f"name={_slug(n)}"]) for n in names}
+    dataset = load_dataset(configs[names[0]].data)
     summary = dataset.summary()
     print(f"glyphs: {summary['classes']} classes, {summary['images']} images, splits {summary['splits']}")
-    names = [n for n in RUNS if with_baselines or n not in BASELINES]
-    trained, histories, configs = {}, {}, {}
+    trained, histories = {}, {}
     teacher = teacher_cache = None
     for i, name in enumerate(names):
-        overrides, distilled = RUNS[name]
-        cfg: Config = load_config(base={**base, **overrides, "name": _slug(name)})
+        cfg: Config = configs[name]
+        distilled = RUNS[name][0] == "glyphs_distill"
         shutil.rmtree(cfg.run_dir, ignore_errors=True)
         trainer = Trainer(cfg, dataset, teacher=teacher if distilled else None, teacher_cache=teacher_cache)
         teacher_cache = trainer.teacher_cache or teacher_cache  # one teacher pass serves every student
         histories[name] = trainer.fit(desc=f"[{i + 1}/{len(names)}] {name}")
-        trainer.model.load_state_dict(_best_state(cfg))
+        trainer.model.load_state_dict(model_state(load_checkpoint(cfg.run_dir / "best.json")[0]))
         trained[name] = trainer.model.eval()
-        configs[name] = cfg.to_dict()
         if name.startswith("teacher"):
             teacher = trained[name]
     train_seconds = time.perf_counter() - start
 
     data = DeviceData(dataset)
-    ev = cfg0.eval
-    n_eval = episodes or (50 if quick else ev.episodes)
-    pairs = [(n, "student") for n in names if n.startswith("student +")]
-    result = compare(trained, data, ev.settings, ev.split, n_eval, ev.seed, pairs)
-    result["wall_seconds"] = {"train": round(train_seconds, 1), "total": round(time.perf_counter() - start, 1)}
-    result["runs"] = {n: {"config": configs[n], "best_val_acc": max(h["val_acc"] for h in histories[n])}
+    pairs = [(n, f"{n.split(' + ')[0]}") for n in names if " + " in n]
+    pairs += [("teacher (image+text)", "image student"), ("teacher (image+text)", "text student")]
+    result = compare(trained, data, SETTINGS, SPLIT, episodes or (50 if quick else EPISODES), SEED, pairs)
+    result["wall_seconds"] = {"train": round(train_seconds, 1)}
+    result["runs"] = {n: {"config": configs[n].to_dict(), "best_val_acc": max(h["val_acc"] for h in histories[n])}
                       for n in names}
     result["dataset_summary"] = summary
     out.mkdir(parents=True, exist_ok=True)
     plot_val_curves(histories, out / "val_curves.png", "validation accuracy, 5-way 1-shot val episodes")
-    fg = next(s for s in ev.settings if s.fine_grained and s.shot == 1)
-    one = episode_list(data, ev.split, fg, 1, ev.seed)[0]
-    plot_relations({n: trained[n] for n in names if n in ("teacher (image+text)", "student", "student + SRL")},
-                   data, one, fg.way, fg.shot, out / "relations.png",
-                   title="one fine-grained novel 5-way 1-shot episode")
+    fg = SETTINGS[2]
+    one = episode_list(data, SPLIT, fg, 1, SEED)[0]
+    srl = configs["image student + SRL"].distill
+    shown = [n for n in ("teacher (image+text)", "image student", "image student + KD", "image student + SRL")
+             if n in trained]
+    plot_relations({n: trained[n] for n in shown}, data, one, fg.way, fg.shot, out / "relations.png",
+                   tau=srl.tau, standardised=srl.standardise,
+                   title="one fine-grained novel 5-way 1-shot episode, as the SRL compares it")
     result["wall_seconds"]["total"] = round(time.perf_counter() - start, 1)
     _write_report(out / "report.md", result, quick)
     write_json(result, out / "results.json")
@@ -101,34 +100,32 @@ def run_demo(out: Path = Path("runs/demo"), quick: bool = False, with_baselines:
     return result
 
 
-def _best_state(cfg: Config) -> dict:
-    from cmkd.train.checkpoint import load_checkpoint, model_state
-
-    return model_state(load_checkpoint(cfg.run_dir / "best.json")[0])
-
-
 def _write_report(path: Path, result: dict, quick: bool) -> None:
     s = result["dataset_summary"]
-    any_run = next(iter(result["runs"].values()))["config"]
+    runs = result["runs"]
+    teacher = runs["teacher (image+text)"]["config"]
+    student = runs["image student"]["config"]
+    srl = runs["image student + SRL"]["config"]["distill"]
+    t = student["train"]
     lines = [
-        "# cmkd demo: cross-modal knowledge distillation on glyphs",
+        "# cmkd demo: cross-modal knowledge distillation on glyphs, in both directions",
         "",
         ("**Quick mode: a smoke test, not a result.**\n" if quick else ""),
         f"Dataset: embedded glyphs, {s['classes']} classes ({s['images']} images, {s['groups']} groups), "
-        f"image {'x'.join(map(str, s['image_shape'][1:]))}, splits {s['splits']} (by group, seed "
-        "stored with the data).",
-        f"Training: Conv-4, ProtoNet head, {any_run['train']['episodes']} episodes of "
-        f"{any_run['episode']['way']}-way {any_run['episode']['shot']}-shot {any_run['episode']['query']}-query "
-        f"per run ({100 * any_run['train']['fine_grained_share']:.0f}% fine-grained), seed "
-        f"{any_run['train']['seed']}, Adam lr {any_run['train']['lr']}, cosine schedule, best of "
-        f"{any_run['train']['val_episodes']} fixed val episodes every {any_run['train']['val_every']}.",
-        f"Teacher: image + text (the Unicode name, bag-of-words encoder), concatenation + MLP fusion. "
-        f"SRL: KL at tau={any_run['distill']['tau']} (weight {any_run['distill']['rel']}) + distance "
-        f"structure (weight {any_run['distill']['dist']}) + angle (weight {any_run['distill']['angle']}), "
-        f"lambda={any_run['distill']['weight']}.",
+        f"image {'x'.join(map(str, s['image_shape'][1:]))}, splits {s['splits']} (by group). Text: ten generated "
+        "descriptions per image, each naming a random subset of the letter's and the face's facts.",
+        f"Students: Conv-4 (image) or bag of words (text), ProtoNet head, {t['episodes']} episodes of "
+        f"{student['episode']['way']}-way {student['episode']['shot']}-shot {student['episode']['query']}-query "
+        f"({100 * t['fine_grained_share']:.0f}% fine-grained), seed {t['seed']}, Adam lr {t['lr']}, cosine "
+        f"schedule, best of {t['val_episodes']} fixed val episodes every {t['val_every']}.",
+        f"Teacher: image + text, {teacher['model']['fusion']} fusion, {teacher['train']['episodes']} episodes. "
+        f"SRL: relation term on {srl['standardise']}-standardised scores at tau={srl['tau']} (weight {srl['rel']}) "
+        f"+ distance structure (weight {srl['dist']}), lambda={srl['weight']}, the student's side on the "
+        f"teacher's clean inputs ({srl['student_inputs']}); KD: Hinton KD on raw episode logits at "
+        f"tau={srl['tau']}.",
         f"Evaluation: {result['episodes']} fixed {result['split']} episodes per setting (seed {result['seed']}), "
-        f"the same for every method; mean accuracy ± {result['ci']}; paired differences with a paired "
-        "t-test.",
+        f"the same for every method; {result['ci']}. One training seed: the intervals cover the episodes, "
+        "not training randomness (benchmarks/RESULTS.md has three seeds).",
         f"Produced by {provenance_line(result['provenance'])}; wall time {result['wall_seconds']['total']:.0f} s "
         f"(training {result['wall_seconds']['train']:.0f} s).",
         "",
@@ -142,12 +139,12 @@ def _write_report(path: Path, result: dict, quick: bool) -> None:
         "",
         "## Relations in one novel episode",
         "",
-        "Top: p(class | query) from each model's head; bottom: pairwise distances divided by their "
-        "mean, over all 5 + 75 samples (support first, then queries by class).",
+        "Top: each model's p(class | query), on scores standardised as the SRL compares them, at the SRL's "
+        "temperature; bottom: pairwise distances divided by their mean over all 5 + 75 samples (support, "
+        "then queries by class; the blue line separates them).",
         "",
         "![relation matrices](relations.png)",
         "",
         "Per-episode accuracies and full configs: `results.json`.",
     ]
     path.write_text("\n".join(lines) + "\n")
-

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cmkd.checkpoint import load_model
 from cmkd.data.augment import to_float
 from cmkd.data.formats.folder import class_folders
 from cmkd.data.images import ImageError, load_image, read_caption_file
-from cmkd.train.loop import load_model
 
 Captions = str | Sequence[str]  # one caption, or several whose embeddings are averaged
 

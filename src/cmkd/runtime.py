@@ -1,14 +1,17 @@
-"""Process-level settings: threads, the glibc allocator, devices, provenance."""
+"""Process-level settings: threads, the glibc allocator, devices, precision, provenance."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
 import subprocess
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -20,7 +23,7 @@ def configure_cpu(threads: int = 0) -> int:
 
     glibc returns large buffers to the OS on every free, and re-faulting them each step was
     measured to cost up to 2x on Conv-4 here; disabling mmap for large blocks and raising
-    the trim threshold removes that (DESIGN.md, speed model).
+    the trim threshold removes that (docs/design.md, speed model).
     """
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     n = threads or max(1, (os.cpu_count() or 1) // local_procs)
@@ -32,6 +35,15 @@ def configure_cpu(threads: int = 0) -> int:
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
     return n
+
+
+def seed_for(seed: int, purpose: str, index: int = 0) -> int:
+    """The one way cmkd derives a seed: from the run's ``seed``, what it is for (``purpose``, e.g.
+    ``"step"``, ``"episodes"``, ``"validation"``) and an ``index`` (the step, the epoch), hashed by
+    numpy's ``SeedSequence``. Different purposes and indices give independent streams, and a
+    resumed run derives exactly the seeds an uninterrupted one would."""
+    state = np.random.SeedSequence([seed, zlib.crc32(purpose.encode()), index]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))  # 63 bits: a valid torch seed
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -79,9 +91,27 @@ def device_name(device: torch.device | str = "cpu") -> str:
     return f"{model} ({os.cpu_count()} cores)"
 
 
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on a GPU that supports it, else fp32 (bf16 was slower than fp32 on the
+    development CPU, which lacks bf16 instructions: benchmarks/RESULTS.md)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to ``precision`` (a resolved one) on ``device``; a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
 @lru_cache(maxsize=8)
 def _provenance(device: str) -> tuple[tuple[str, str | None], ...]:
-    from cmkd import __version__
+    from cmkd.version import __version__
 
     return (("cmkd", __version__), ("git_commit", source_commit()), ("torch", torch.__version__),
             ("python", platform.python_version()), ("device", device_name(device)))

@@ -53,13 +53,13 @@ class Listing:
         known = set(self.classes)
         for split, names in self.splits.items():
             if split not in SPLITS:
-                raise ValueError(f"{self.name}: unknown split '{split}'; use {', '.join(SPLITS)}")
+                raise DatasetError(f"{self.name}: unknown split '{split}'; use {', '.join(SPLITS)}")
             unknown = sorted(set(names) - known)
             if unknown:
-                raise ValueError(f"{self.name}: split '{split}' names classes that have no images: {unknown[:5]}")
+                raise DatasetError(f"{self.name}: split '{split}' names classes that have no images: {unknown[:5]}")
         used = [c for names in self.splits.values() for c in names]
         if len(used) != len(set(used)):
-            raise ValueError(f"{self.name}: a class appears in more than one split")
+            raise DatasetError(f"{self.name}: a class appears in more than one split")
 
 
 def fingerprint(listing: Listing, size: int) -> str:

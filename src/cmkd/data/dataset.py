@@ -39,17 +39,17 @@ class FewShotDataset:
     def __post_init__(self) -> None:
         n = len(self.labels)
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"{self.name}: images must be uint8 [N, C, H, W], got {tuple(self.images.shape)} "
+            raise DatasetError(f"{self.name}: images must be uint8 [N, C, H, W], got {tuple(self.images.shape)} "
                              f"{self.images.dtype}")
         if len(self.images) != n or len(self.captions) != n:
-            raise ValueError(f"{self.name}: {len(self.images)} images, {n} labels and {len(self.captions)} "
+            raise DatasetError(f"{self.name}: {len(self.images)} images, {n} labels and {len(self.captions)} "
                              "caption lists must match")
         if len(self.groups) != len(self.class_names):
-            raise ValueError(f"{self.name}: one group per class expected")
+            raise DatasetError(f"{self.name}: one group per class expected")
         for split, classes in self.splits.items():
             bad = [c for c in classes if not 0 <= c < len(self.class_names)]
             if bad:
-                raise ValueError(f"{self.name}: split '{split}' names unknown class indices {bad[:5]}")
+                raise DatasetError(f"{self.name}: split '{split}' names unknown class indices {bad[:5]}")
 
     @property
     def num_classes(self) -> int:

@@ -1,6 +1,6 @@
 """A dataset placed for training, and the model inputs gathered from it.
 
-Two placements (DESIGN.md, speed model):
+Two placements (docs/design.md, speed model):
 
 - ``device``: the uint8 images live on the training device; an episode is an index
   tensor and gathering, converting and augmenting happen there.
@@ -11,17 +11,20 @@ Two placements (DESIGN.md, speed model):
   them while the current step computes.
 
 ``auto`` picks ``device`` when the images take at most half of the device's free memory.
-Captions are turned into each model's encoder input once and kept on the device.
+Captions are turned into each text encoder's input once and kept on the device
+(:mod:`cmkd.models.inputs` gathers a model's inputs from here).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from cmkd.config import ConfigError
 from cmkd.data.augment import random_affine, to_float
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.text import CaptionTable
@@ -111,17 +114,15 @@ class DeviceData:
         elif self.placement == "host":
             self.images, self.host = None, HostImages(dataset.images, self.device)
         else:
-            raise ValueError(f"data.placement={placement!r}; choose auto, device or host")
+            raise ConfigError(f"data.placement={placement!r}; choose auto, device or host")
         self.labels = dataset.labels.to(self.device)
         self._tables: dict[object, CaptionTable] = {}
 
-    def caption_table(self, model: torch.nn.Module) -> CaptionTable:
-        """Captions prepared for ``model``'s text encoder (built once per encoder)."""
-        encoder = model.text_encoder
-        key = getattr(encoder, "input_key", id(encoder))
+    def caption_table(self, key: object, prepare: Callable[[list[str]], torch.Tensor]) -> CaptionTable:
+        """The captions turned into encoder inputs by ``prepare``, built once per ``key`` and kept on
+        the device (encoders that take the same inputs share one table)."""
         if key not in self._tables:
-            self._tables[key] = CaptionTable.build(self.dataset.captions, encoder.prepare,
-                                                   self.dataset.files).to(self.device)
+            self._tables[key] = CaptionTable.build(self.dataset.captions, prepare, self.dataset.files).to(self.device)
         return self._tables[key]
 
     def upload(self, idx: Indices) -> torch.Tensor:
@@ -142,33 +143,3 @@ class DeviceData:
                    hflip: bool = False) -> torch.Tensor:
         x = to_float(self.gather(idx))
         return random_affine(x, generator, hflip=hflip) if augment else x
-
-    def pick_captions(self, model: torch.nn.Module, idx: torch.Tensor,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """One caption id per sample: random when a generator is given, else the first."""
-        table = self.caption_table(model)
-        return table.random_ids(idx, generator) if generator is not None else table.first_ids(idx)
-
-    def text_inputs(self, model: torch.nn.Module, idx: torch.Tensor, caption_ids: torch.Tensor | None = None,
-                    all_captions: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """``model``'s text input for samples ``idx`` and, with ``all_captions``, the mask over captions."""
-        if not model.uses_text:
-            return None, None
-        table = self.caption_table(model)
-        if all_captions:
-            ids = table.sample_captions[idx]
-            return table.inputs[ids.clamp_min(0)], ids >= 0
-        return table.inputs[caption_ids if caption_ids is not None else table.first_ids(idx)], None
-
-    def embed(self, model: torch.nn.Module, idx: Indices, images: torch.Tensor | None = None,
-              caption_ids: torch.Tensor | None = None, all_captions: bool = False) -> torch.Tensor:
-        """``model``'s embeddings of samples ``idx``.
-
-        Images default to the un-augmented ones; text to the first caption, or with
-        ``all_captions`` to the mean over every caption of the sample.
-        """
-        if model.uses_image and images is None:
-            images = self.images_for(idx)
-        text, mask = (self.text_inputs(model, self.upload(idx), caption_ids, all_captions)
-                      if model.uses_text else (None, None))
-        return model.embed(images if model.uses_image else None, text, mask)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cmkd.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Episode:
@@ -26,14 +28,6 @@ class Episode:
     query: int
     indices: np.ndarray
     classes: np.ndarray
-
-    @property
-    def support(self) -> np.ndarray:
-        return self.indices[: self.way * self.shot]
-
-    @property
-    def query_indices(self) -> np.ndarray:
-        return self.indices[self.way * self.shot:]
 
 
 def episode_labels(way: int, per_class: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -56,11 +50,11 @@ class EpisodeSampler:
         self.classes = np.asarray(sorted(classes))
         names = class_names or [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
         if way < 2:
-            raise ValueError(f"way must be at least 2, got {way}")
+            raise ConfigError(f"way must be at least 2, got {way}")
         if shot < 1 or query < 1:
-            raise ValueError(f"shot and query must be at least 1, got shot={shot}, query={query}")
+            raise ConfigError(f"shot and query must be at least 1, got shot={shot}, query={query}")
         if way > len(self.classes):
-            raise ValueError(f"way={way} is larger than the {len(self.classes)} classes of the {split} split; "
+            raise ConfigError(f"way={way} is larger than the {len(self.classes)} classes of the {split} split; "
                              f"lower way to at most {len(self.classes)}")
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(int(labels.max()) + 2 if len(labels) else 1))
@@ -69,23 +63,19 @@ class EpisodeSampler:
         short = [(names[c], len(p)) for c, p in self.pools.items() if len(p) < need]
         if short:
             listed = ", ".join(f"'{n}' ({k} images)" for n, k in short[:5])
-            raise ValueError(f"shot+query={need} but {len(short)} class(es) of the {split} split have fewer "
+            raise ConfigError(f"shot+query={need} but {len(short)} class(es) of the {split} split have fewer "
                              f"images: {listed}{' ...' if len(short) > 5 else ''}; lower shot or query")
         self.group_classes: list[np.ndarray] = []
         if fine_grained:
             if groups is None:
-                raise ValueError("fine-grained episodes need class groups; this dataset has none")
+                raise ConfigError("fine-grained episodes need class groups; this dataset has none")
             by_group: dict[str, list[int]] = {}
             for c in self.classes:
                 by_group.setdefault(groups[c], []).append(int(c))
             self.group_classes = [np.array(v) for _, v in sorted(by_group.items()) if len(v) >= way]
             if not self.group_classes:
-                raise ValueError(f"no group of the {split} split has {way} classes for fine-grained "
+                raise ConfigError(f"no group of the {split} split has {way} classes for fine-grained "
                                  f"{way}-way episodes; lower way or use random episodes")
-
-    @property
-    def episode_size(self) -> int:
-        return self.way * (self.shot + self.query)
 
     def sample(self, rng: np.random.Generator) -> Episode:
         if self.fine_grained:
@@ -103,9 +93,9 @@ class EpisodeSampler:
         return self.sample(np.random.default_rng([seed, index]))
 
     def batch(self, seed: int, start: int, count: int) -> np.ndarray:
-        """Indices of episodes ``start .. start+count-1`` as ``[count, episode_size]``."""
+        """Indices of episodes ``start .. start+count-1`` as ``[count, way * (shot + query)]``."""
         return np.stack([self.episode(seed, start + i).indices for i in range(count)])
 
     def fixed(self, count: int, seed: int) -> np.ndarray:
-        """A fixed, seeded list of episodes for evaluation: ``[count, episode_size]``."""
+        """A fixed, seeded list of episodes for evaluation: ``[count, way * (shot + query)]``."""
         return self.batch(seed, 0, count)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cmkd.config import ConfigError, DataConfig
 from cmkd.data.cache import load_prepared
-from cmkd.data.dataset import FewShotDataset
+from cmkd.data.dataset import DatasetError, FewShotDataset
 from cmkd.data.formats.glyphs import load_glyphs
 
 
@@ -48,7 +48,7 @@ def load_dataset(cfg: DataConfig) -> FewShotDataset:
     if cfg.dataset == "glyphs":
         try:
             return load_glyphs(cfg.image_size, cfg.captions)
-        except ValueError as err:
+        except DatasetError as err:
             raise ConfigError(f"data.image_size: {err}") from None
     folder = resolve(cfg.dataset)
     if folder is None:

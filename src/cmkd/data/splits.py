@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cmkd.data.dataset import DatasetError
+
 SPLIT_NAMES = ("base", "val", "novel")
 
 
@@ -46,9 +48,9 @@ def read_json_object(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); it should map {what}") from None
+        raise DatasetError(f"{path} is not valid JSON ({err}); it should map {what}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object mapping {what}, got {type(data).__name__}")
+        raise DatasetError(f"{path} must hold a JSON object mapping {what}, got {type(data).__name__}")
     return data
 
 
@@ -57,9 +59,9 @@ def check_splits(data: dict, path: Path) -> dict[str, list[str]]:
     out = {}
     for split, names in data.items():
         if split not in SPLIT_NAMES:
-            raise ValueError(f"{path}: unknown split {split!r}; use {', '.join(SPLIT_NAMES)}")
+            raise DatasetError(f"{path}: unknown split {split!r}; use {', '.join(SPLIT_NAMES)}")
         if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-            raise ValueError(f"{path}: split {split!r} must be a list of class names (strings), got {names!r:.80}")
+            raise DatasetError(f"{path}: split {split!r} must be a list of class names (strings), got {names!r:.80}")
         out[split] = list(names)
     return out
 
@@ -68,7 +70,7 @@ def check_groups(data: dict, path: Path) -> dict[str, str]:
     """``{class: group}`` with every group a non-empty string."""
     for cls, group in data.items():
         if not isinstance(group, str) or not group.strip():
-            raise ValueError(f"{path}: the group of class {cls!r} must be a non-empty string, got {group!r:.80}")
+            raise DatasetError(f"{path}: the group of class {cls!r} must be a non-empty string, got {group!r:.80}")
     return dict(data)
 
 

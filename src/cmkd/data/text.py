@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cmkd.data.dataset import DatasetError
+
 PAD, UNK = 0, 1
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
@@ -95,7 +97,7 @@ class CaptionTable:
         for i, caps in enumerate(captions):
             if not caps:
                 missing = sum(1 for c in captions if not c)
-                raise ValueError(f"{names[i] if names else f'sample {i}'} has no caption ({missing} sample(s) lack "
+                raise DatasetError(f"{names[i] if names else f'sample {i}'} has no caption ({missing} sample(s) lack "
                                  "one); the text modality needs a caption for every image: add the caption "
                                  "files, or train with model.modality=image")
             rows.append([index.setdefault(c, len(index)) for c in caps])

@@ -18,7 +18,8 @@ from cmkd import distributed
 from cmkd.config import EpisodeConfig
 from cmkd.data.device import DeviceData, upload
 from cmkd.data.episodes import EpisodeSampler, episode_labels
-from cmkd.train.forward import autocast
+from cmkd.models import inputs
+from cmkd.runtime import autocast
 
 
 def episode_list(data: DeviceData, split: str, setting: EpisodeConfig, count: int, seed: int) -> np.ndarray:
@@ -40,7 +41,7 @@ def embed_indices(model: torch.nn.Module, data: DeviceData, indices: np.ndarray,
     was_training = model.training
     model.eval()
     with autocast(precision, data.device):
-        out = torch.cat([data.embed(model, indices[i:i + batch], all_captions=all_captions).float()
+        out = torch.cat([inputs.embed(data, model, indices[i:i + batch], all_captions=all_captions).float()
                          for i in range(0, len(indices), batch)])
     model.train(was_training)
     return out

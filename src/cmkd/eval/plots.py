@@ -13,21 +13,25 @@ import torch  # noqa: E402
 
 from cmkd.data.device import DeviceData  # noqa: E402
 from cmkd.eval.evaluate import embed_indices  # noqa: E402
-from cmkd.losses.srl import normalised_distances  # noqa: E402
+from cmkd.losses.srl import normalised_distances, standardise  # noqa: E402
 
 
 def plot_val_curves(histories: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
-    """Validation accuracy against training episodes, one line per run."""
+    """Validation accuracy against training episodes, one line per run, with its 95% interval as a band."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for name, hist in histories.items():
-        if hist:
-            ax.plot([h["episodes"] for h in hist], [100 * h["val_acc"] for h in hist], marker="o", ms=3,
-                    label=name)
+        if not hist:
+            continue
+        x = np.array([h["episodes"] for h in hist])
+        y = np.array([100 * h["val_acc"] for h in hist])
+        ci = np.array([100 * h.get("val_ci95", 0.0) for h in hist])
+        line, = ax.plot(x, y, marker="o", ms=3, label=name)
+        ax.fill_between(x, y - ci, y + ci, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_xlabel("training episodes")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(title or "validation accuracy (fixed val episodes)")
+    ax.set_title(title or "validation accuracy (fixed val episodes)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -36,28 +40,39 @@ def plot_val_curves(histories: dict[str, list[dict]], path: str | Path, title: s
 
 @torch.no_grad()
 def plot_relations(models: dict[str, torch.nn.Module], data: DeviceData, episode: np.ndarray, way: int,
-                   shot: int, path: str | Path, tau: float = 1.0, title: str = "") -> Path:
-    """For one episode: each model's query-to-class relation distribution (top row) and its
-    scale-free distance matrix over all samples (bottom row), side by side."""
+                   shot: int, path: str | Path, tau: float = 1.0, title: str = "", standardised: str = "none") -> Path:
+    """For one episode, each model side by side: its relation distribution p(class | query) at the
+    temperature ``tau``, of scores standardised as the SRL compares them (top row), and its pairwise
+    distances over all samples divided by their mean
+    (bottom row; a line separates support from queries). Each row shares one colour scale."""
     n = len(models)
-    fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 6.4), squeeze=False)
-    for col, (name, model) in enumerate(models.items()):
+    fig, axes = plt.subplots(2, n, figsize=(3.1 * n + 0.8, 6.4), squeeze=False)
+    n_support = way * shot
+    dists, probs = {}, {}
+    for name, model in models.items():
         emb = embed_indices(model, data, episode)
         scores = model.scores(emb.unsqueeze(0), way, shot)[0]
-        probs = torch.softmax(scores / tau, -1).cpu().numpy()
-        dist = normalised_distances(emb).cpu().numpy()
-        axes[0, col].imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        if standardised != "none":
+            scores = standardise(scores, standardised)
+        probs[name] = torch.softmax(scores / tau, -1).cpu().numpy()
+        dists[name] = normalised_distances(emb).cpu().numpy()
+    top = max(float(d.max()) for d in dists.values())
+    for col, name in enumerate(models):
+        im_p = axes[0, col].imshow(probs[name], aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                                   interpolation="nearest")
         axes[0, col].set_title(name, fontsize=10)
         axes[0, col].set_xlabel("class")
-        axes[0, col].set_ylabel("query (grouped by true class)")
-        axes[1, col].imshow(dist, cmap="magma_r")
-        axes[1, col].set_xlabel("sample (support, then query)")
-        axes[1, col].set_ylabel("sample")
-    axes[0, 0].annotate("p(class | query)", (0, 1.12), xycoords="axes fraction", fontsize=9)
-    axes[1, 0].annotate("pairwise distance / mean", (0, 1.03), xycoords="axes fraction", fontsize=9)
+        axes[0, col].set_xticks(range(way))
+        axes[0, col].set_ylabel("query (grouped by true class)" if col == 0 else "")
+        im_d = axes[1, col].imshow(dists[name], cmap="magma_r", vmin=0, vmax=top, interpolation="nearest")
+        for line in (axes[1, col].axhline, axes[1, col].axvline):
+            line(n_support - 0.5, color="deepskyblue", lw=1.0)
+        axes[1, col].set_xlabel(f"sample ({n_support} support | queries)")
+        axes[1, col].set_ylabel("sample" if col == 0 else "")
+    fig.colorbar(im_p, ax=axes[0, :].tolist(), fraction=0.025, pad=0.02, label=f"p(class | query), tau={tau:g}")
+    fig.colorbar(im_d, ax=axes[1, :].tolist(), fraction=0.025, pad=0.02, label="distance / mean distance")
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return Path(path)

@@ -1,5 +1,5 @@
 """Spatial Relation Loss (SRL) of Zhao et al., "Cross-modal knowledge distillation for
-fine-grained one-shot classification", ICASSP 2021 — as specified in DESIGN.md.
+fine-grained one-shot classification", ICASSP 2021 — as specified in docs/design.md.
 
 The teacher (image + text) and the student (one modality) embed the same episode in
 different spaces, so the student learns the teacher's *relations* between the samples,
@@ -88,20 +88,21 @@ def angle_structure(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> tor
 
 
 @dataclass(frozen=True)
-class SRLWeights:
+class SRLSettings:
     """Term weights and how the relation term is computed."""
 
     rel: float = 1.0
     dist: float = 1.0
     angle: float = 0.0
-    tau: float = 4.0
-    standardised: str = "none"  # 'query' or 'episode': compare standardised scores (one tau for every head)
+    tau: float = 1.0
+    standardised: str = "episode"  # 'query', 'episode' or 'none': how scores are standardised (see standardise)
     correct_only: bool = False  # distil only the queries the teacher classifies correctly
+    student_view: str = "clean"  # 'clean': the student's side on the teacher's clean inputs; 'same': its training view
 
 
 def spatial_relation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
                           student_emb: torch.Tensor, teacher_emb: torch.Tensor,
-                          w: SRLWeights, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                          w: SRLSettings, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The SRL and its terms for a batch of episodes.
 
     Scores are ``[E, Q, way]``; embeddings ``[E, n, D_s]`` and ``[E, n, D_t]`` over all the

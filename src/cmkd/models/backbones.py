@@ -1,7 +1,8 @@
-"""Image backbones: Conv-4, ResNet-12 and ResNet-18.
+"""Image backbones: Conv-4, ResNet-12 and ResNet-18 (named in :data:`cmkd.registry.BACKBONES`).
 
-Every backbone has ``out_dim`` (the vector width), ``forward(x) -> [B, out_dim]`` and
-``feature_map(x) -> [B, C, h, w]`` (for heads that compare maps, such as RelationNet).
+Every backbone is built from ``in_channels``, ``image_size`` and ``dropblock`` (used by
+ResNet-12 only) and has ``out_dim`` (the vector width), ``map_shape``, ``forward(x) -> [B,
+out_dim]`` and ``feature_map(x) -> [B, C, h, w]`` (for heads that compare maps: RelationNet).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cmkd.config import ConfigError
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -22,12 +25,12 @@ class Conv4(nn.Module):
     Gives the flattened final map: 1600-d at 84x84, 256-d at 32x32.
     """
 
-    def __init__(self, in_channels: int = 3, hidden: int = 64, image_size: int = 84) -> None:
+    def __init__(self, in_channels: int = 3, image_size: int = 84, dropblock: float = 0.0, hidden: int = 64) -> None:
         super().__init__()
         self.encoder = nn.Sequential(*[conv_block(in_channels if i == 0 else hidden, hidden) for i in range(4)])
         side = image_size // 16
         if side < 1:
-            raise ValueError(f"Conv-4 needs images of at least 16x16, got {image_size}")
+            raise ConfigError(f"data.image_size={image_size}: Conv-4 needs images of at least 16x16")
         self.map_shape = (hidden, side, side)
         self.out_dim = hidden * side * side
 
@@ -115,7 +118,7 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """ResNet-18 (He et al. 2016) with a 3x3 stem for small few-shot images; 512-d after pooling."""
 
-    def __init__(self, in_channels: int = 3, image_size: int = 84) -> None:
+    def __init__(self, in_channels: int = 3, image_size: int = 84, dropblock: float = 0.0) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
                                   nn.ReLU(inplace=True))
@@ -134,16 +137,3 @@ class ResNet18(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.feature_map(x).mean((2, 3))
-
-
-BACKBONES = ("conv4", "resnet12", "resnet18")
-
-
-def build_backbone(name: str, in_channels: int, image_size: int, dropblock: float = 0.0) -> nn.Module:
-    if name == "conv4":
-        return Conv4(in_channels, image_size=image_size)
-    if name == "resnet12":
-        return ResNet12(in_channels, image_size=image_size, dropblock=dropblock)
-    if name == "resnet18":
-        return ResNet18(in_channels, image_size=image_size)
-    raise ValueError(f"unknown backbone '{name}'; available: {', '.join(BACKBONES)}")

@@ -12,32 +12,40 @@ import torch
 from torch import nn
 
 from cmkd.config import ModelConfig
+from cmkd.data.dataset import FewShotDataset
 from cmkd.data.episodes import episode_labels
 from cmkd.data.text import Vocab
-from cmkd.models.backbones import build_backbone
-from cmkd.models.fusion import MapFusion, build_fusion
+from cmkd.models.fusion import MapFusion
 from cmkd.models.heads import build_head
-from cmkd.models.text_encoders import build_text_encoder
+from cmkd.registry import BACKBONES, FUSIONS, HEADS, TEXT_ENCODERS
 
 
 class FewShotModel(nn.Module):
     """Embeds samples of one or two modalities and scores queries against the support."""
 
-    def __init__(self, cfg: ModelConfig, in_channels: int, image_size: int, vocab: Vocab | None) -> None:
+    def __init__(self, cfg: ModelConfig, in_channels: int, image_size: int, vocab: Vocab | None,
+                 image_encoder: nn.Module | None = None) -> None:
+        """``image_encoder``: your own ``nn.Module`` mapping images ``[B, C, H, W]`` to ``[B, D]``
+        instead of ``cfg.backbone`` (its width is read from ``out_dim`` or found by a trial forward;
+        heads that compare feature maps need a ``feature_map`` method and ``map_shape``)."""
         super().__init__()
         self.cfg, self.in_channels, self.image_size, self.vocab = cfg, in_channels, image_size, vocab
         self.uses_image = "image" in cfg.modality
         self.uses_text = "text" in cfg.modality
-        self.wants_maps = cfg.head == "relationnet"  # RelationNet compares feature maps, not vectors
-        self.image_encoder = (build_backbone(cfg.backbone, in_channels, image_size, cfg.dropblock)
-                              if self.uses_image else None)
-        self.text_encoder = (build_text_encoder(cfg.text_encoder, vocab, cfg.text_dim, cfg.word_dropout)
-                             if self.uses_text else None)
+        self.wants_maps = HEADS.get(cfg.head).wants_maps
+        self.custom_encoder = type(image_encoder).__name__ if image_encoder is not None else None
+        if image_encoder is not None and self.uses_image:
+            self.image_encoder = _adopt_encoder(image_encoder, in_channels, image_size, self.wants_maps)
+        else:
+            self.image_encoder = (BACKBONES.build(cfg.backbone, in_channels=in_channels, image_size=image_size,
+                                                  dropblock=cfg.dropblock) if self.uses_image else None)
+        self.text_encoder = (TEXT_ENCODERS.build(cfg.text_encoder, vocab=vocab, out_dim=cfg.text_dim,
+                                                 word_dropout=cfg.word_dropout) if self.uses_text else None)
         self.fusion = None
         if self.uses_image and self.uses_text:
             self.fusion = (MapFusion(self.image_encoder.map_shape, self.text_encoder.out_dim) if self.wants_maps
-                           else build_fusion(cfg.fusion, self.image_encoder.out_dim, self.text_encoder.out_dim,
-                                             cfg.embed_dim))
+                           else FUSIONS.build(cfg.fusion, image_dim=self.image_encoder.out_dim,
+                                              text_dim=self.text_encoder.out_dim, out_dim=cfg.embed_dim))
         if self.uses_image:
             self.map_shape = self.image_encoder.map_shape
         else:
@@ -46,7 +54,7 @@ class FewShotModel(nn.Module):
             self.out_dim = self.map_shape[0] * self.map_shape[1] * self.map_shape[2]
         else:
             self.out_dim = (self.fusion or self.image_encoder or self.text_encoder).out_dim
-        self.head = build_head(cfg.head, self.out_dim, self.map_shape, cfg.fce, cfg.relation_loss)
+        self.head = build_head(cfg, self.out_dim, self.map_shape)
 
     def embed(self, images: torch.Tensor | None = None, text: torch.Tensor | None = None,
               text_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,9 +118,43 @@ class FewShotModel(nn.Module):
     def spec(self) -> dict:
         """What is needed to rebuild this model (stored beside its weights)."""
         return {"model": asdict(self.cfg), "in_channels": self.in_channels, "image_size": self.image_size,
-                "vocab": self.vocab.to_dict() if self.vocab is not None else None}
+                "vocab": self.vocab.to_dict() if self.vocab is not None else None,
+                "custom_image_encoder": self.custom_encoder}
 
     @classmethod
     def from_spec(cls, spec: dict) -> FewShotModel:
+        if spec.get("custom_image_encoder"):
+            raise ValueError(f"this model used your own image encoder ({spec['custom_image_encoder']}); rebuild it "
+                             "with FewShotModel(..., image_encoder=...) and load the weights with load_state_dict")
         vocab = Vocab.from_dict(spec["vocab"]) if spec.get("vocab") else None
         return cls(ModelConfig(**spec["model"]), spec["in_channels"], spec["image_size"], vocab)
+
+
+def _adopt_encoder(encoder: nn.Module, in_channels: int, image_size: int, wants_maps: bool) -> nn.Module:
+    """A user's image encoder, given the ``out_dim`` and ``map_shape`` the model reads."""
+    if not hasattr(encoder, "out_dim") or not hasattr(encoder, "map_shape"):
+        was_training = encoder.training
+        with torch.no_grad():
+            out = encoder.eval()(torch.zeros(2, in_channels, image_size, image_size))
+        encoder.train(was_training)
+        if out.dim() != 2:
+            raise ValueError(f"the image encoder {type(encoder).__name__} must return [batch, features], "
+                             f"got shape {tuple(out.shape)}")
+        encoder.out_dim = getattr(encoder, "out_dim", out.shape[1])
+        encoder.map_shape = getattr(encoder, "map_shape", (encoder.out_dim, 1, 1))
+    if wants_maps and not hasattr(encoder, "feature_map"):
+        raise ValueError(f"this head compares feature maps: give {type(encoder).__name__} a feature_map(x) "
+                         "method returning [B, C, h, w] and a map_shape attribute")
+    return encoder
+
+
+def build_model(cfg: ModelConfig, dataset: FewShotDataset, image_encoder: nn.Module | None = None) -> FewShotModel:
+    """A fresh model for ``cfg`` (or around your own ``image_encoder``); text vocabularies come from
+    base-split captions only."""
+    vocab = None
+    if "text" in cfg.modality and TEXT_ENCODERS.get(cfg.text_encoder).needs_vocab:
+        base = set(dataset.split_classes("base"))
+        labels = dataset.labels.tolist()
+        vocab = Vocab.build(c for i, caps in enumerate(dataset.captions) if labels[i] in base for c in caps)
+    c, h, _ = dataset.image_shape
+    return FewShotModel(cfg, c, h, vocab, image_encoder)

@@ -1,4 +1,4 @@
-"""Fusion of image and text embeddings into the teacher's embedding."""
+"""Fusion of image and text embeddings into the teacher's embedding (:data:`cmkd.registry.FUSIONS`)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ class LateFusion(nn.Module):
     head the squared distance is then ``w_i^2 d_image^2 + w_t^2 d_text^2``, a late fusion of
     the two modalities' relation scores (each modality keeps its own space)."""
 
-    def __init__(self, image_dim: int, text_dim: int) -> None:
-        super().__init__()
+    def __init__(self, image_dim: int, text_dim: int, out_dim: int | None = None) -> None:
+        super().__init__()  # out_dim: the width is image_dim + text_dim, whatever is asked
         self.log_scale = nn.Parameter(torch.zeros(2))
         self.out_dim = image_dim + text_dim
 
@@ -64,13 +64,3 @@ class MapFusion(nn.Module):
         _, h, w = self.map_shape
         tiled = self.proj(text)[:, :, None, None].expand(-1, -1, h, w)
         return self.mix(torch.cat([image_map, tiled], 1))
-
-
-def build_fusion(name: str, image_dim: int, text_dim: int, out_dim: int) -> nn.Module:
-    if name == "concat":
-        return ConcatFusion(image_dim, text_dim, out_dim)
-    if name == "gated":
-        return GatedFusion(image_dim, text_dim, out_dim)
-    if name == "late":
-        return LateFusion(image_dim, text_dim)
-    raise ValueError(f"unknown fusion '{name}'; available: concat, gated, late")

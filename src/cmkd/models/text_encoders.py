@@ -1,7 +1,9 @@
 """Text encoders: learned bag of embeddings and BiGRU, or frozen MiniLM sentence embeddings.
 
-Each encoder turns caption strings into its input once (``prepare``: token ids, or cached
-sentence embeddings) and maps a batch of those inputs to ``[B, out_dim]`` (``forward``).
+Each encoder (named in :data:`cmkd.registry.TEXT_ENCODERS`) is built from ``vocab``, ``out_dim``
+and ``word_dropout``, turns caption strings into its input once (``prepare``: token ids, or
+cached sentence embeddings; encoders with equal ``input_key`` share those inputs) and maps a
+batch of those inputs to ``[B, out_dim]`` (``forward``).
 """
 
 from __future__ import annotations
@@ -27,11 +29,20 @@ def _drop_words(tokens: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return torch.where(drop, torch.full_like(tokens, UNK), tokens)
 
 
+def _need_vocab(vocab: Vocab | None, name: str) -> Vocab:
+    if vocab is None:
+        raise ValueError(f"text encoder '{name}' needs a vocabulary built from the training captions")
+    return vocab
+
+
 class BagOfWords(nn.Module):
     """Mean of learned word embeddings, then a linear map (a bag-of-embeddings encoder)."""
 
-    def __init__(self, vocab: Vocab, out_dim: int = 128, word_dropout: float = 0.0) -> None:
+    needs_vocab = True
+
+    def __init__(self, vocab: Vocab | None, out_dim: int = 128, word_dropout: float = 0.0) -> None:
         super().__init__()
+        vocab = _need_vocab(vocab, "bow")
         self.vocab, self.word_dropout, self.out_dim = vocab, word_dropout, out_dim
         self.embed = nn.Embedding(len(vocab), out_dim, padding_idx=PAD)
         self.proj = nn.Linear(out_dim, out_dim)
@@ -54,8 +65,11 @@ class BagOfWords(nn.Module):
 class BiGRU(nn.Module):
     """Word embeddings -> bidirectional GRU -> masked mean pooling -> linear."""
 
-    def __init__(self, vocab: Vocab, out_dim: int = 128, word_dropout: float = 0.0, hidden: int = 128) -> None:
+    needs_vocab = True
+
+    def __init__(self, vocab: Vocab | None, out_dim: int = 128, word_dropout: float = 0.0, hidden: int = 128) -> None:
         super().__init__()
+        vocab = _need_vocab(vocab, "bigru")
         self.vocab, self.word_dropout, self.out_dim = vocab, word_dropout, out_dim
         self.embed = nn.Embedding(len(vocab), hidden, padding_idx=PAD)
         self.gru = nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
@@ -90,9 +104,10 @@ class MiniLM(nn.Module):
     """
 
     dim = 384
+    needs_vocab = False
 
-    def __init__(self, out_dim: int = 128) -> None:
-        super().__init__()
+    def __init__(self, vocab: Vocab | None = None, out_dim: int = 128, word_dropout: float = 0.0) -> None:
+        super().__init__()  # no vocabulary: MiniLM has its own tokenizer; word dropout does not apply
         self.out_dim = out_dim
         self.proj = nn.Sequential(nn.Linear(self.dim, out_dim), nn.ReLU(inplace=True), nn.Linear(out_dim, out_dim))
 
@@ -135,15 +150,3 @@ def encode_minilm(texts: list[str], batch_size: int = 128) -> torch.Tensor:
         emb = model.encode(texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
                            show_progress_bar=len(texts) > 2000)
     return emb.float().cpu().clone()  # encode() makes inference tensors; a clone can feed autograd
-
-
-def build_text_encoder(name: str, vocab: Vocab | None, out_dim: int, word_dropout: float) -> nn.Module:
-    if name in ("bow", "bigru") and vocab is None:
-        raise ValueError(f"text encoder '{name}' needs a vocabulary built from the training captions")
-    if name == "bow":
-        return BagOfWords(vocab, out_dim, word_dropout)
-    if name == "bigru":
-        return BiGRU(vocab, out_dim, word_dropout)
-    if name == "minilm":
-        return MiniLM(out_dim)
-    raise ValueError(f"unknown text encoder '{name}'; available: bow, bigru, minilm")

@@ -7,30 +7,12 @@ KL divergences are computed in full precision.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
 from cmkd.models.fewshot import FewShotModel
 from cmkd.models.fusion import LateFusion
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on a GPU that supports it, else fp32 (bf16 was slower than fp32 on the
-    development CPU, which lacks bf16 instructions: benchmarks/RESULTS.md)."""
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast to ``precision`` (a resolved one) on ``device``; a no-op for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=_DTYPES[precision])
+from cmkd.runtime import autocast
 
 
 class EpisodeForward(nn.Module):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmkd.data.cache import Listing, Record
+from cmkd.data.dataset import DatasetError
 from cmkd.data.images import read_caption_file
 from cmkd.data.splits import read_split_file
 
@@ -43,7 +44,7 @@ def _table(path: Path, columns: int) -> dict[str, list[str]]:
         if not parts:
             continue
         if len(parts) != columns:
-            raise ValueError(f"{path}:{n}: expected {columns} fields, got {line!r}")
+            raise DatasetError(f"{path}:{n}: expected {columns} fields, got {line!r}")
         rows[parts[0]] = parts[1:]
     return rows
 
@@ -67,15 +68,15 @@ def list_cub(root: str | Path, captions: str | Path | None = None, crop: bool = 
         if image_id not in labels:
             msg = f"image id {image_id} ({rel}) is in images.txt but not in image_class_labels.txt"
             if not skip_bad:
-                raise ValueError(f"{root / 'image_class_labels.txt'}: {msg}; fix the file or use --skip-bad")
+                raise DatasetError(f"{root / 'image_class_labels.txt'}: {msg}; fix the file or use --skip-bad")
             warnings.append(msg)
             continue
         class_folder = classes_by_id.get(labels[image_id][0])
         if class_folder is None:
-            raise ValueError(f"{root / 'image_class_labels.txt'}: image {image_id} has unknown class "
+            raise DatasetError(f"{root / 'image_class_labels.txt'}: image {image_id} has unknown class "
                              f"{labels[image_id][0]} (not in classes.txt)")
         if rel.split("/")[0] != class_folder:
-            raise ValueError(f"{root / 'images.txt'}: {rel} lies outside its class folder {class_folder}")
+            raise DatasetError(f"{root / 'images.txt'}: {rel} lies outside its class folder {class_folder}")
         caps: tuple[str, ...] = ()
         if caption_root is not None:
             txt = caption_root / class_folder / (Path(rel).stem + ".txt")
@@ -87,7 +88,7 @@ def list_cub(root: str | Path, captions: str | Path | None = None, crop: bool = 
         box = None
         if crop:
             if image_id not in boxes:
-                raise ValueError(f"{root / 'bounding_boxes.txt'} has no box for image {image_id} ({rel})")
+                raise DatasetError(f"{root / 'bounding_boxes.txt'} has no box for image {image_id} ({rel})")
             box = tuple(float(v) for v in boxes[image_id])
         records.append(Record(root / "images" / rel, class_folder, caps, box))
     if missing_caps:

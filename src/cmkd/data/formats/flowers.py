@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmkd.data.cache import Listing, Record
+from cmkd.data.dataset import DatasetError
 from cmkd.data.images import read_caption_file
 from cmkd.data.splits import read_split_file, split_by_group
 
@@ -30,7 +31,7 @@ def _loadmat(path: Path) -> dict:
     try:
         return loadmat(str(path))
     except Exception as err:  # scipy raises several unrelated types for a damaged file
-        raise ValueError(f"{path} is not a readable MATLAB file ({err})") from None
+        raise DatasetError(f"{path} is not a readable MATLAB file ({err})") from None
 
 
 def list_flowers(root: str | Path, captions: str | Path | None = None, split_file: str | Path | None = None,
@@ -41,7 +42,7 @@ def list_flowers(root: str | Path, captions: str | Path | None = None, split_fil
                                 "imagelabels.mat")
     labels = _loadmat(root / "imagelabels.mat").get("labels")
     if labels is None:
-        raise ValueError(f"{root / 'imagelabels.mat'} has no 'labels' array")
+        raise DatasetError(f"{root / 'imagelabels.mat'} has no 'labels' array")
     labels = [int(v) for v in labels.ravel()]
     setid = _loadmat(root / "setid.mat") if (root / "setid.mat").exists() else {}
     caption_root = Path(captions) if captions else None

@@ -1,6 +1,6 @@
 """Any image folder with captions (the generic format).
 
-    ROOT/<class name>/<image>.{jpg,jpeg,png,webp,bmp}
+    ROOT/<class name>/<image>.{jpg,jpeg,png,webp,bmp,gif,tif,tiff}
     ROOT/<class name>/<image stem>.txt     captions of one image, one per line (optional)
     ROOT/<class name>/captions.txt         captions for every image of the class without its own file
     ROOT/splits.json                       {"base": [...], "val": [...], "novel": [...]} (optional)
@@ -14,10 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmkd.data.cache import Listing, Record
-from cmkd.data.images import ImageError, read_caption_file
+from cmkd.data.dataset import DatasetError
+from cmkd.data.images import IMAGE_SUFFIXES, ImageError, read_caption_file
 from cmkd.data.splits import check_groups, read_json_object, read_split_file, split_by_group
-
-SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def class_folders(root: str | Path) -> list[Path]:
@@ -42,12 +41,12 @@ def list_folder(root: str | Path, fractions: tuple[float, float, float] = (0.6, 
     records, extra, warnings = [], [], []
     uncaptioned = []
     for d in class_dirs:
-        images = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES
+        images = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
                         and not f.name.startswith("."))
         if not images:
-            raise ImageError(f"class folder {d} has no images ({', '.join(SUFFIXES)}); add some or remove it")
+            raise ImageError(f"class folder {d} has no images ({', '.join(IMAGE_SUFFIXES)}); add some or remove it")
         others = sorted(f.name for f in d.iterdir() if f.is_file() and not f.name.startswith(".")
-                        and f.suffix.lower() not in (*SUFFIXES, ".txt"))
+                        and f.suffix.lower() not in (*IMAGE_SUFFIXES, ".txt"))
         if others:
             warnings.append(f"{d}: ignored non-image files {others[:5]}")
         class_caps_file = d / "captions.txt"
@@ -74,7 +73,7 @@ def list_folder(root: str | Path, fractions: tuple[float, float, float] = (0.6, 
         given = check_groups(read_json_object(root / "groups.json", "class names to groups"), root / "groups.json")
         unknown = sorted(set(given) - set(classes))
         if unknown:
-            raise ValueError(f"{root / 'groups.json'} names classes without a folder: {unknown[:5]}")
+            raise DatasetError(f"{root / 'groups.json'} names classes without a folder: {unknown[:5]}")
         groups.update(given)
         extra.append(root / "groups.json")
     if (root / "splits.json").exists():

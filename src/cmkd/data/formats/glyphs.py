@@ -5,7 +5,7 @@ names a random subset of what the Unicode database says about the letter and of 
 face, and may leave out the detail that separates sibling classes, as crowd-sourced CUB
 captions do. ``captions="names"`` gives the Unicode character name instead ("LATIN SMALL
 LETTER E WITH CIRCUMFLEX AND ACUTE"), which names exactly that detail: an oracle.
-Built by :mod:`cmkd.data.formats.glyph_builder`; see ``glyphs/ATTRIBUTION.md``.
+Built by ``tools/glyph_builder.py`` (a maintainer tool); see ``glyphs/ATTRIBUTION.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmkd.data.dataset import FewShotDataset
+from cmkd.data.dataset import DatasetError, FewShotDataset
 from cmkd.data.formats.glyph_text import decode_captions
 
 
@@ -43,7 +43,7 @@ def load_glyphs(size: int = 32, captions: str = "dataset") -> FewShotDataset:
     Cached per process: treat the returned dataset as read-only."""
     manifest = glyph_manifest()
     if size not in manifest["sizes"]:
-        raise ValueError(f"glyphs ship at sizes {manifest['sizes']}, not {size}; set data.image_size "
+        raise DatasetError(f"glyphs ship at sizes {manifest['sizes']}, not {size}; set data.image_size "
                          f"to one of them")
     with np.load(glyph_dir() / f"glyphs{size}.npz") as arrays:
         images = torch.from_numpy(arrays["images"]).unsqueeze(1)

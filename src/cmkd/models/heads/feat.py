@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cmkd.models.heads.protonet import prototypes
+from cmkd.config import ModelConfig
+from cmkd.models.heads.common import episode_cross_entropy, prototypes, squared_distances
 
 
 class SetToSet(nn.Module):
@@ -31,15 +31,21 @@ class FEAT(nn.Module):
     episode is classified against the centres of its class's transformed instance set.
     """
 
+    wants_maps = False
+
     def __init__(self, dim: int, temperature: float = 1.0, reg_temperature: float = 1.0) -> None:
         super().__init__()
         self.adapt = SetToSet(dim)
         self.temperature, self.reg_temperature = temperature, reg_temperature
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, dim: int, map_shape: tuple[int, int, int]) -> FEAT:
+        return cls(dim)
+
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                 way: int) -> torch.Tensor:
         protos = self.adapt(prototypes(support, support_labels, way))
-        return -(query.unsqueeze(2) - protos.unsqueeze(1)).pow(2).sum(-1) / self.temperature
+        return -squared_distances(query, protos) / self.temperature
 
     def regularizer(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                     query_labels: torch.Tensor, way: int) -> torch.Tensor:
@@ -49,9 +55,8 @@ class FEAT(nn.Module):
         order = torch.argsort(y, dim=1, stable=True)  # group each class's instances
         grouped = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, d)).view(e * way, n // way, d)
         centres = self.adapt(grouped).mean(1).view(e, way, d)
-        logits = -(x.unsqueeze(2) - centres.unsqueeze(1)).pow(2).sum(-1) / self.reg_temperature
-        return F.cross_entropy(logits.reshape(-1, way), y.reshape(-1))
+        return episode_cross_entropy(-squared_distances(x, centres) / self.reg_temperature, y)
 
     @staticmethod
     def loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(scores.reshape(-1, scores.shape[-1]), labels.reshape(-1))
+        return episode_cross_entropy(scores, labels)

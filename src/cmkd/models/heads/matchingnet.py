@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmkd.config import ModelConfig
+
 
 class MatchingNet(nn.Module):
     """Matching Networks (Vinyals et al., NeurIPS 2016).
@@ -17,12 +19,18 @@ class MatchingNet(nn.Module):
     scores depend on the support order, as in the paper.
     """
 
+    wants_maps = False
+
     def __init__(self, dim: int, fce: bool = False, scale: float = 10.0, steps: int = 3) -> None:
         super().__init__()
         self.fce, self.scale, self.steps = fce, scale, steps
         if fce:
             self.support_lstm = nn.LSTM(dim, dim, batch_first=True, bidirectional=True)
             self.query_cell = nn.LSTMCell(2 * dim, dim)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, dim: int, map_shape: tuple[int, int, int]) -> MatchingNet:
+        return cls(dim, fce=cfg.fce)
 
     def _contextual(self, support: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out, _ = self.support_lstm(support)

@@ -1,4 +1,4 @@
-"""Deterministic builder of the embedded glyph dataset.
+"""Deterministic builder of the embedded glyph dataset (a maintainer tool: ``make glyphs``).
 
 Renders the letters (Unicode category L*) of the Latin, Greek and Cyrillic blocks with
 every usable font face found on this machine, and writes compact uint8 arrays plus a
@@ -420,10 +420,9 @@ def _render_job(args: tuple[str, list[int], tuple[int, ...]]) -> dict[int, list[
     return render_face(*args)
 
 
-def build(out_dir: Path, sizes: Sequence[int] = (32,), min_renderings: int = 15, max_renderings: int = 48,
-          seed: int = 0, font_dirs: Sequence[str] = FONT_DIRS, workers: int = 2) -> dict:
-    """Render, filter and write the dataset; returns the manifest."""
-    letters = letters_of_blocks()
+def usable_faces(font_dirs: Sequence[str], letters: Sequence[int], sizes: Sequence[int], workers: int
+                 ) -> tuple[list[tuple[Face, list[int]]], list[dict[int, list[np.ndarray]]], list[dict]]:
+    """Faces that pass every filter, their renderings, and the rejected files with reasons."""
     paths = [p for d in font_dirs if Path(d).exists() for p in Path(d).rglob("*")
              if p.suffix.lower() in (".ttf", ".otf")]
     faces, rejected = select_faces(paths, letters)
@@ -440,21 +439,16 @@ def build(out_dir: Path, sizes: Sequence[int] = (32,), min_renderings: int = 15,
     dups = duplicate_faces(smallest, [f for f, _ in faces]) - drop
     rejected += [{"path": faces[i][0].path, "reason": "renders like a larger face (clone)"} for i in sorted(dups)]
     keep = [i for i in range(len(faces)) if i not in drop | dups]
-    faces, rendered, smallest = ([seq[i] for i in keep] for seq in (faces, rendered, smallest))
-    print(f"{len(faces)} faces after the shape and clone checks")
-    merged = homoglyph_groups(smallest)
-    dropped = {cp for grp in merged for cp in grp[1:]}  # keep the lowest code point (Latin first)
+    print(f"{len(keep)} faces after the shape and clone checks")
+    return [faces[i] for i in keep], [rendered[i] for i in keep], rejected
 
-    counts: dict[int, int] = {}
-    for r in rendered:
-        for cp in r:
-            counts[cp] = counts.get(cp, 0) + 1
-    classes = [cp for cp in letters if cp not in dropped and counts.get(cp, 0) >= min_renderings]
+
+def choose_renderings(faces: Sequence[tuple[Face, list[int]]], rendered: Sequence[dict[int, list[np.ndarray]]],
+                      classes: Sequence[int], max_renderings: int
+                      ) -> tuple[dict[int, list[np.ndarray]], np.ndarray, np.ndarray]:
+    """At most ``max_renderings`` per class, drawn round-robin over designs and styles; returns the
+    images per size, labels and face ids, sorted by class then face."""
     cls_index = {cp: i for i, cp in enumerate(classes)}
-    names = [unicodedata.name(chr(cp)) for cp in classes]
-    groups = [letter_group(n) for n in names]
-
-    # at most max_renderings per class, drawn round-robin over designs and styles
     style_rank = {"regular": 0, "italic": 1, "bold": 2, "bold italic": 3}
     seen_design: dict[str, int] = {}
     turn = []
@@ -462,26 +456,42 @@ def build(out_dir: Path, sizes: Sequence[int] = (32,), min_renderings: int = 15,
         seen_design[f.design] = seen_design.get(f.design, -1) + 1
         turn.append((style_rank[f.style], seen_design[f.design], f.design, f.family))
     taken: dict[int, int] = {}
-    images = {n: [] for n in sizes}
+    n_sizes = len(next(iter(next(iter(rendered)).values())))
+    images: dict[int, list[np.ndarray]] = {k: [] for k in range(n_sizes)}
     labels, face_ids = [], []
     for fi in sorted(range(len(faces)), key=lambda i: turn[i]):
-        r = rendered[fi]
-        for cp in sorted(r):
+        for cp in sorted(rendered[fi]):
             if cp in cls_index and taken.get(cp, 0) < max_renderings:
                 taken[cp] = taken.get(cp, 0) + 1
-                for n, img in zip(sizes, r[cp]):
-                    images[n].append(img)
+                for k, img in enumerate(rendered[fi][cp]):
+                    images[k].append(img)
                 labels.append(cls_index[cp])
                 face_ids.append(fi)
     order = np.lexsort((np.array(face_ids), np.array(labels)))
-    labels_arr = np.array(labels, dtype=np.int16)[order]
-    faces_arr = np.array(face_ids, dtype=np.int16)[order]
+    return ({k: [v[i] for i in order] for k, v in images.items()}, np.array(labels, dtype=np.int16)[order],
+            np.array(face_ids, dtype=np.int16)[order])
+
+
+def build(out_dir: Path, sizes: Sequence[int] = (32,), min_renderings: int = 15, max_renderings: int = 48,
+          seed: int = 0, font_dirs: Sequence[str] = FONT_DIRS, workers: int = 2) -> dict:
+    """Render, filter and write the dataset (arrays, manifest, attribution, descriptions); returns the manifest."""
+    letters = letters_of_blocks()
+    faces, rendered, rejected = usable_faces(font_dirs, letters, sizes, workers)
+    merged = homoglyph_groups([{cp: imgs[0] for cp, imgs in r.items()} for r in rendered])
+    dropped = {cp for grp in merged for cp in grp[1:]}  # keep the lowest code point (Latin first)
+    counts: dict[int, int] = {}
+    for r in rendered:
+        for cp in r:
+            counts[cp] = counts.get(cp, 0) + 1
+    classes = [cp for cp in letters if cp not in dropped and counts.get(cp, 0) >= min_renderings]
+    names = [unicodedata.name(chr(cp)) for cp in classes]
+    groups = [letter_group(n) for n in names]
+    images, labels_arr, faces_arr = choose_renderings(faces, rendered, classes, max_renderings)
     out_dir.mkdir(parents=True, exist_ok=True)
     digests = {}
-    for n in sizes:
-        arr = np.stack(images[n])[order]
+    for k, n in enumerate(sizes):
         path = out_dir / f"glyphs{n}.npz"
-        np.savez_compressed(path, images=arr, labels=labels_arr, faces=faces_arr)
+        np.savez_compressed(path, images=np.stack(images[k]), labels=labels_arr, faces=faces_arr)
         digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
 
     splits = split_by_group(groups, (0.6, 0.2, 0.2), seed)
@@ -525,7 +535,7 @@ def _write_attribution(path: Path, faces: Sequence[tuple[Face, list[int]]], mani
         "# Glyph dataset: attribution and licences",
         "",
         "The arrays in this folder are renderings of Unicode letters made by",
-        "`cmkd.data.formats.glyph_builder` from the font faces below (Debian packages).",
+        "`tools/glyph_builder.py` from the font faces below (Debian packages).",
         "Each face keeps its own licence; the renderings are distributed with this",
         "attribution. Character names come from the Unicode Character Database",
         f"(Unicode {manifest['unicode_version']}, Unicode License v3).",
@@ -541,13 +551,18 @@ def _write_attribution(path: Path, faces: Sequence[tuple[Face, list[int]]], mani
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "glyphs")
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "src" / "cmkd" / "data" / "glyphs")
+    parser.add_argument("--print-packages", action="store_true", help="print the Debian font packages and exit")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32])
     parser.add_argument("--min-renderings", type=int, default=15)
     parser.add_argument("--max-renderings", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.print_packages:
+        print(" ".join(FONT_PACKAGES))
+        return
     m = build(args.out, args.sizes, args.min_renderings, args.max_renderings, args.seed, workers=args.workers)
     c = m["counts"]
     print(f"{c['classes']} classes, {c['images']} images from {c['faces']} faces; renderings per class "

@@ -1,4 +1,5 @@
-"""Checkpoints: safetensors weights + JSON metadata, written atomically, checked on load.
+"""Checkpoints and run folders: safetensors weights + JSON metadata, written atomically, checked on
+load; the model a checkpoint describes; exclusive, non-destructive use of a run folder.
 
 Nothing is unpickled: a checkpoint is tensors (safetensors) and plain JSON, so loading a
 file someone hands over cannot run code. The JSON carries the SHA-256 of the tensor file;
@@ -7,6 +8,7 @@ a truncated or altered checkpoint is refused with a message naming it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,6 +18,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from cmkd.config import ConfigError, ModelConfig, build_section
+from cmkd.models.fewshot import FewShotModel
 
 
 class CheckpointError(RuntimeError):
@@ -231,3 +236,74 @@ class RunDirectory:
 
 class OutputFolderError(RuntimeError):
     """An output folder cannot be used: it holds another run, another process uses it, or it is not writable."""
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[FewShotModel, dict]:
+    """A model from a checkpoint (``best``/``last`` file or a run directory), in eval mode."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.json"
+    elif path.suffix != ".json":
+        raise CheckpointError(f"{path} is neither a run directory nor a checkpoint .json file")
+    tensors, meta, used = load_latest_good(path)
+    model = model_from_checkpoint(tensors, meta, used)
+    meta = {**meta, "loaded_from": str(used)}  # differs from the path asked for when it fell back to .prev
+    model = model.to(device)
+    if meta.get("config", {}).get("train", {}).get("channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval(), meta
+
+
+def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> FewShotModel:
+    """The model a checkpoint describes, after checking its ``spec`` field by field and against the
+    stored tensor shapes (on the meta device, so an absurd spec costs no memory)."""
+    spec = meta.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
+        raise CheckpointError(f"{path}: field 'spec' must hold the model description; the file is damaged")
+    for key, low, high in (("in_channels", 1, 4), ("image_size", 8, 4096)):
+        value = spec.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise CheckpointError(f"{path}: field 'spec.{key}' must be a whole number from {low} to {high}, got "
+                                  f"{value!r}; the file is damaged")
+    vocab = spec.get("vocab")
+    if vocab is not None and not (isinstance(vocab, dict) and isinstance(vocab.get("words"), list)
+                                  and all(isinstance(w, str) for w in vocab["words"])):
+        raise CheckpointError(f"{path}: field 'spec.vocab' must be {{'words': [text, ...]}}; the file is damaged")
+    try:
+        model_cfg = build_section(ModelConfig, spec["model"], "spec.model.")
+        spec = {**spec, "model": dataclasses.asdict(model_cfg)}
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in FewShotModel.from_spec(spec).state_dict().items()}
+    except (ConfigError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its 'spec' does not describe a model ({err}); the file is damaged") from None
+    stored = {k: tuple(v.shape) for k, v in model_state(tensors).items()}
+    if stored != shapes:
+        diff = sorted(set(stored.items()) ^ set(shapes.items()))[:3]
+        raise CheckpointError(f"{path}: its 'spec' does not match its weights (first differences: {diff}); the file "
+                              "is damaged or was edited")
+    model = FewShotModel.from_spec(spec)
+    model.load_state_dict(model_state(tensors))
+    return model
+
+
+def repair_best(run_dir: Path, best_acc: float) -> tuple[float, str | None]:
+    """After a crash ``best.json`` may name damaged weights: fall back to ``best.prev.json`` (and its
+    accuracy), or drop it so the next validation writes a new best. Returns the best accuracy to
+    continue from and a note of what was done (None when nothing was wrong)."""
+    best = run_dir / "best.json"
+    if not best.exists():
+        return best_acc, None
+    try:
+        load_checkpoint(best)
+        return best_acc, None
+    except CheckpointError:
+        pass
+    prev = run_dir / "best.prev.json"
+    try:
+        _, prev_meta = load_checkpoint(prev)
+    except CheckpointError:
+        best.unlink()
+        return -1.0, "best.json was damaged and best.prev.json unusable; the next validation writes a new best"
+    os.replace(prev, best)
+    acc = min(best_acc, prev_meta.get("best_acc", -1.0))
+    return acc, f"best.json was damaged; restored best.prev.json (val accuracy {acc:.4f})"

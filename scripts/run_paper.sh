@@ -3,12 +3,12 @@
 # each as teacher -> student + CMKD -> student alone, scored on the same 2000 novel episodes.
 # Needs a prepared cache (cmkd prepare cub ... --name cub_84) and, realistically, a GPU.
 #
-#   bash configs/cub/run_paper.sh            # run the grid (each run resumes where it stopped)
-#   bash configs/cub/run_paper.sh --dry-run  # print every run's effective config (YAML documents) instead
+#   bash scripts/run_paper.sh            # run the grid (each run resumes where it stopped)
+#   bash scripts/run_paper.sh --dry-run  # print every run's effective config (YAML documents) instead
 #
 # Every run has its own name; command-line flags win over the YAML files (defaults < file < flags < key=value).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 cmkd="${CMKD:-cmkd}"
 dry=()
 if [[ "${1:-}" == "--dry-run" ]]; then dry=(--print-config); fi
@@ -25,12 +25,12 @@ evaluate() {
 for bb in conv4 resnet12; do
   for shot in 1 5; do
     t="cub_${bb}_${shot}shot_teacher"
-    run train --config "configs/cub/${bb}_teacher.yaml" --name "$t" --resume "episode.shot=$shot"
+    run train --config "cub/${bb}_teacher" --name "$t" --resume "episode.shot=$shot"
     for modality in image text; do
       s="cub_${bb}_${shot}shot_${modality}"
-      run distill --config "configs/cub/${bb}_cmkd.yaml" --teacher "runs/$t" --modality "$modality" \
+      run distill --config "cub/${bb}_cmkd" --teacher "runs/$t" --modality "$modality" \
         --name "${s}_cmkd" --resume "episode.shot=$shot"
-      run train --config "configs/cub/${bb}_student.yaml" --modality "$modality" --name "${s}_alone" \
+      run train --config "cub/${bb}_student" --modality "$modality" --name "${s}_alone" \
         --resume "episode.shot=$shot"
       evaluate "student=runs/${s}_alone" "student+CMKD=runs/${s}_cmkd" "teacher=runs/$t" \
         --shots "$shot" --fine-grained --episodes 2000 --out "runs/${s}_evaluation.json"

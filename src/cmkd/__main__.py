@@ -1,0 +1,7 @@
+"""``python -m cmkd`` is the ``cmkd`` command."""
+
+import sys
+
+from cmkd.cli import main
+
+sys.exit(main())

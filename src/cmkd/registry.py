@@ -1,0 +1,82 @@
+"""One registry per kind of named part: the single source of every name a config, the command line
+or a message may use.
+
+Entries point at their implementation by ``"module:attribute"`` and are imported on first use, so
+this low layer names the parts of the layers above without importing them. Each implementation
+is a callable taking the keyword arguments its registry documents.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Entry:
+    target: str  # "package.module:attribute"
+    help: str
+
+
+class Registry:
+    """Named implementations of one kind (heads, backbones, ...), resolved lazily."""
+
+    def __init__(self, kind: str, entries: dict[str, Entry]) -> None:
+        self.kind, self.entries = kind, entries
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.entries)
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The implementation registered as ``name`` (an error naming the valid ones otherwise)."""
+        if name not in self.entries:
+            raise ValueError(f"unknown {self.kind} '{name}'; available: {', '.join(self.names)}")
+        module, _, attr = self.entries[name].target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        return self.get(name)(**kwargs)
+
+    def describe(self) -> str:
+        return "; ".join(f"{n}: {e.help}" for n, e in self.entries.items())
+
+
+#: Few-shot heads; built as ``cls.from_config(cfg, dim=..., map_shape=...)``.
+HEADS = Registry("few-shot head", {
+    "protonet": Entry("cmkd.models.heads.protonet:ProtoNet", "Prototypical Networks (Snell et al. 2017)"),
+    "matchingnet": Entry("cmkd.models.heads.matchingnet:MatchingNet", "Matching Networks (Vinyals et al. 2016)"),
+    "relationnet": Entry("cmkd.models.heads.relationnet:RelationNet", "Relation Networks (Sung et al. 2018)"),
+    "feat": Entry("cmkd.models.heads.feat:FEAT", "FEAT set-to-set adaptation (Ye et al. 2020)"),
+})
+
+#: Image backbones; built with ``in_channels``, ``image_size``, ``dropblock``.
+BACKBONES = Registry("backbone", {
+    "conv4": Entry("cmkd.models.backbones:Conv4", "4 x [conv 64, BN, ReLU, pool] (Vinyals et al. 2016)"),
+    "resnet12": Entry("cmkd.models.backbones:ResNet12", "ResNet-12, 64-160-320-640 (MetaOptNet, FEAT)"),
+    "resnet18": Entry("cmkd.models.backbones:ResNet18", "ResNet-18 (He et al. 2016)"),
+})
+
+#: Text encoders; built with ``vocab``, ``out_dim``, ``word_dropout``.
+TEXT_ENCODERS = Registry("text encoder", {
+    "bow": Entry("cmkd.models.text_encoders:BagOfWords", "mean of learned word embeddings, then linear"),
+    "bigru": Entry("cmkd.models.text_encoders:BiGRU", "bidirectional GRU over learned word embeddings"),
+    "minilm": Entry("cmkd.models.text_encoders:MiniLM", "frozen all-MiniLM-L6-v2 sentence embeddings (cmkd[text])"),
+})
+
+#: Fusions of the teacher's image and text embeddings; built with ``image_dim``, ``text_dim``, ``out_dim``.
+FUSIONS = Registry("fusion", {
+    "concat": Entry("cmkd.models.fusion:ConcatFusion", "concatenation, then a two-layer MLP"),
+    "gated": Entry("cmkd.models.fusion:GatedFusion", "gated sum of projected image and text embeddings"),
+    "late": Entry("cmkd.models.fusion:LateFusion", "scaled side by side: a late fusion of relation scores"),
+})
+
+#: Distillation methods; called with the ``DistillConfig`` and return the loss settings (or None).
+METHODS = Registry("distillation method", {
+    "none": Entry("cmkd.losses.methods:student_alone", "the student alone (cross-entropy only)"),
+    "kd": Entry("cmkd.losses.methods:hinton_kd", "Hinton et al. 2015: KL of softened episode logits"),
+    "rkd": Entry("cmkd.losses.methods:relational_kd", "Park et al. 2019: distance + angle structure"),
+    "srl": Entry("cmkd.losses.methods:spatial_relation", "the Spatial Relation Loss (Zhao et al. 2021)"),
+})
