@@ -7,7 +7,8 @@ pools the seeds (mean and interval over seeds and episodes; paired differences a
 student alone). Settings are chosen with ``--split val``; ``novel`` is for the final table only.
 
     .venv/bin/python benchmarks/transfer.py --dataset glyphs --heads protonet --seeds 0 1 2 --split val \\
-        --methods kd srl --variant "srl tau=1: distill.method=srl distill.tau=1" --out /tmp/val.json
+        --modalities image text --methods kd srl --variant "srl tau=2: distill.method=srl distill.tau=2" \\
+        --out /tmp/val.json
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from cmkd.eval.compare import compare, table, write_json
 from cmkd.runtime import configure_cpu
 from cmkd.train.loop import Trainer
 
-SHIPPED = Path(__file__).parents[1] / "configs" / "glyphs_student.yaml"  # the settings a user starts from
+#: the shipped configs a user starts from: the teacher, the student alone, the distilled student
+TEACHER, STUDENT, DISTILLED = "glyphs_teacher", "glyphs_student", "glyphs_distill"
 METHODS = {"kd": {"distill.method": "kd"}, "rkd": {"distill.method": "rkd"}, "srl": {"distill.method": "srl"}}
 
 
@@ -43,8 +45,8 @@ def _variant(text: str) -> tuple[str, dict]:
     return name.strip(), _pairs(rest.split())
 
 
-def _train(base: dict, overrides: dict, name: str, dataset, teacher=None, teacher_cache=None):
-    cfg = load_config(SHIPPED, base={}, flags={**base, **overrides, "name": name})
+def _train(config: str, base: dict, overrides: dict, name: str, dataset, teacher=None, teacher_cache=None):
+    cfg = load_config(config, flags={**base, **overrides, "name": name})
     trainer = Trainer(cfg, dataset, teacher=teacher, teacher_cache=teacher_cache)
     start = time.perf_counter()
     trainer.fit(desc=name, progress=False, overwrite=True)
@@ -55,7 +57,8 @@ def _train(base: dict, overrides: dict, name: str, dataset, teacher=None, teache
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="glyphs")
-    ap.add_argument("--modality", default="image", choices=["image", "text"])
+    ap.add_argument("--modalities", nargs="+", default=["image"], choices=["image", "text"],
+                    help="student modalities, each distilled from the same teachers")
     ap.add_argument("--heads", nargs="+", default=["protonet"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--split", default="val", choices=["val", "novel"])
@@ -74,7 +77,7 @@ def main() -> None:
     configure_cpu()
     start = time.perf_counter()
     base = {"data.dataset": args.dataset, "out": str(args.runs), **_pairs(args.set)}
-    dataset = load_dataset(load_config(SHIPPED, flags=base).data)
+    dataset = load_dataset(load_config(STUDENT, flags=base).data)
     students = {"student": {}, **{m: METHODS[m] for m in args.methods}, **dict(map(_variant, args.variant))}
     runs: dict[str, list] = {}
     seconds: dict[str, float] = {}
@@ -82,30 +85,33 @@ def main() -> None:
         for seed in args.seeds:
             common = {**base, "model.head": head, "train.seed": seed}
             tag = f"{head}_s{seed}"
-            teacher, t_sec = _train({**common, "model.modality": "image+text", **_pairs(args.teacher_set)}, {},
-                                    f"{tag}_teacher", dataset)
+            teacher, t_sec = _train(TEACHER, {**common, **_pairs(args.teacher_set)}, {}, f"{tag}_teacher", dataset)
             seconds[f"{head} teacher s{seed}"] = round(t_sec, 1)
             if not args.no_teacher_row:
                 runs.setdefault(f"{head}: teacher", []).append(teacher.model.eval())
             cache = None
-            for method, overrides in students.items():
-                student_base = {**common, "model.modality": args.modality, **_pairs(args.student_set)}
-                distilled = method != "student"
-                trainer, sec = _train(student_base, overrides, f"{tag}_{method}".replace(" ", "_").replace("=", ""),
-                                      dataset, teacher.model if distilled else None, cache if distilled else None)
-                if distilled:
-                    cache = trainer.teacher_cache or cache
-                runs.setdefault(f"{head}: {method}", []).append(trainer.model.eval())
-                seconds[f"{head} {method} s{seed}"] = round(sec, 1)
-                print(f"{head} seed {seed} {method}: best val {100 * trainer.best_acc:.2f}% ({sec:.0f} s)", flush=True)
+            for modality in args.modalities:
+                for method, overrides in students.items():
+                    label = f"{head}: {method}" if len(args.modalities) == 1 else f"{head} {modality}: {method}"
+                    student_base = {**common, "model.modality": modality, **_pairs(args.student_set)}
+                    distilled = method != "student"
+                    trainer, sec = _train(DISTILLED if distilled else STUDENT, student_base, overrides,
+                                          f"{tag}_{modality}_{method}".replace(" ", "_").replace("=", ""), dataset,
+                                          teacher.model if distilled else None, cache if distilled else None)
+                    if distilled:
+                        cache = trainer.teacher_cache or cache
+                    runs.setdefault(label, []).append(trainer.model.eval())
+                    seconds[f"{label} s{seed}"] = round(sec, 1)
+                    print(f"{label} seed {seed}: best val {100 * trainer.best_acc:.2f}% ({sec:.0f} s)", flush=True)
     settings = [EpisodeConfig(5, 1, 15, False), EpisodeConfig(5, 1, 15, True)]
-    pairs = [(f"{h}: {m}", f"{h}: student") for h in args.heads for m in students if m != "student"]
-    pairs += [(f"{h}: teacher", f"{h}: student") for h in args.heads if not args.no_teacher_row]
+    groups = [f"{h}" if len(args.modalities) == 1 else f"{h} {m}" for h in args.heads for m in args.modalities]
+    pairs = [(f"{g}: {m}", f"{g}: student") for g in groups for m in students if m != "student"]
+    pairs += [(f"{g.split()[0]}: teacher", f"{g}: student") for g in groups if not args.no_teacher_row]
     result = compare(runs, DeviceData(dataset), settings, args.split, args.episodes, 7 if args.split == "val" else 2021,
                      pairs, progress=False)
-    result.update({"train_seconds": seconds, "base": base, "modality": args.modality, "seeds": args.seeds,
+    result.update({"train_seconds": seconds, "base": base, "modalities": args.modalities, "seeds": args.seeds,
                    "teacher_set": args.teacher_set, "student_set": args.student_set, "variants": args.variant,
-                   "shipped_config": str(SHIPPED.name), "wall_seconds": round(time.perf_counter() - start, 1),
+                   "configs": [TEACHER, STUDENT, DISTILLED], "wall_seconds": round(time.perf_counter() - start, 1),
                    "note": "best-of-val checkpoints; evaluation seed 7 on val, 2021 on novel"})
     write_json(result, args.out)
     print(table(result))

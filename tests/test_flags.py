@@ -172,7 +172,7 @@ def test_resume_conflicts_lists_fields():
     a = load_config().to_dict()
     b = load_config(overrides=["model.backbone=resnet12", "distill.weight=2", "train.threads=1",
                                "train.episodes=5000", "out=elsewhere"]).to_dict()
-    assert resume_conflicts(a, b) == ["distill.weight: 1.0 -> 2.0", "model.backbone: 'conv4' -> 'resnet12'"]
+    assert resume_conflicts(a, b) == ["distill.weight: 4.0 -> 2.0", "model.backbone: 'conv4' -> 'resnet12'"]
 
 
 def _git(cwd: Path, *args: str) -> str:

@@ -19,6 +19,7 @@ from cmkd.data.device import DeviceData
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.models import inputs
 from cmkd.train.loop import Trainer, TrainingDiverged
+from conftest import subset
 
 
 def test_tiny_run_lowers_loss_and_beats_chance(small, fast_cfg):
@@ -148,10 +149,11 @@ def test_device_data_mean_caption_embedding(small, fast_cfg):
     assert not torch.allclose(each[0], mean, atol=1e-3)
 
 
-def test_teacher_with_minilm_text_encoder(small, fast_cfg, tmp_path, monkeypatch):
+def test_teacher_with_minilm_text_encoder(glyphs, fast_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("CMKD_CACHE", str(tmp_path / "cache"))
+    tiny = subset(glyphs, {"base": 30, "val": 10, "novel": 10}, per_class=6)  # MiniLM encodes every caption once
     trainer = Trainer(fast_cfg(**{"model.modality": "image+text", "model.text_encoder": "minilm",
-                                  "model.fusion": "gated"}), small)
+                                  "model.fusion": "gated", "train.val_episodes": 4, "train.val_query": 3}), tiny)
     before = trainer.model.text_encoder.proj[0].weight.clone()
     logs = trainer.train_step(0)
     assert torch.isfinite(logs["loss"])
