@@ -2,9 +2,11 @@
 
 For every head and training seed this trains the image+text teacher, the one-modality student
 alone and one distilled student per method (KD, RKD, SRL, or named variants), all on the same
-seeded training episodes, then scores every run on the same fixed episodes of ``--split`` and
+seeded training episodes, then scores every run on the same fixed episodes of each ``--split`` and
 pools the seeds (mean and interval over seeds and episodes; paired differences against the
-student alone). Settings are chosen with ``--split val``; ``novel`` is for the final table only.
+student alone). A variant with ``distill.method=none`` trains without the teacher (e.g. LSL alone:
+``--variant "lsl: distill.method=none lsl.weight=5"``). Settings are chosen with ``--split val``;
+``novel`` is for the final table only (``--split val novel`` writes one JSON per split).
 
     .venv/bin/python benchmarks/transfer.py --dataset glyphs --heads protonet --seeds 0 1 2 --split val \\
         --modalities image text --methods kd srl --variant "srl tau=2: distill.method=srl distill.tau=2" \\
@@ -61,7 +63,8 @@ def main() -> None:
                     help="student modalities, each distilled from the same teachers")
     ap.add_argument("--heads", nargs="+", default=["protonet"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--split", default="val", choices=["val", "novel"])
+    ap.add_argument("--split", nargs="+", default=["val"], choices=["val", "novel"],
+                    help="splits to score on; with several, OUT gets a _<split> suffix per split")
     ap.add_argument("--methods", nargs="*", default=["kd", "rkd", "srl"], choices=list(METHODS))
     ap.add_argument("--variant", action="append", default=[], metavar="NAME: key=value ...",
                     help="an extra distilled student with these overrides")
@@ -94,7 +97,7 @@ def main() -> None:
                 for method, overrides in students.items():
                     label = f"{head}: {method}" if len(args.modalities) == 1 else f"{head} {modality}: {method}"
                     student_base = {**common, "model.modality": modality, **_pairs(args.student_set)}
-                    distilled = method != "student"
+                    distilled = method != "student" and overrides.get("distill.method") != "none"
                     trainer, sec = _train(DISTILLED if distilled else STUDENT, student_base, overrides,
                                           f"{tag}_{modality}_{method}".replace(" ", "_").replace("=", ""), dataset,
                                           teacher.model if distilled else None, cache if distilled else None)
@@ -107,15 +110,18 @@ def main() -> None:
     groups = [f"{h}" if len(args.modalities) == 1 else f"{h} {m}" for h in args.heads for m in args.modalities]
     pairs = [(f"{g}: {m}", f"{g}: student") for g in groups for m in students if m != "student"]
     pairs += [(f"{g.split()[0]}: teacher", f"{g}: student") for g in groups if not args.no_teacher_row]
-    result = compare(runs, DeviceData(dataset), settings, args.split, args.episodes, 7 if args.split == "val" else 2021,
-                     pairs, progress=False)
-    result.update({"train_seconds": seconds, "base": base, "modalities": args.modalities, "seeds": args.seeds,
-                   "teacher_set": args.teacher_set, "student_set": args.student_set, "variants": args.variant,
-                   "configs": [TEACHER, STUDENT, DISTILLED], "wall_seconds": round(time.perf_counter() - start, 1),
-                   "note": "best-of-val checkpoints; evaluation seed 7 on val, 2021 on novel"})
-    write_json(result, args.out)
-    print(table(result))
-    print(f"\n{args.out} ({result['wall_seconds']:.0f} s)")
+    data = DeviceData(dataset)
+    for split in args.split:
+        result = compare(runs, data, settings, split, args.episodes, 7 if split == "val" else 2021, pairs,
+                         progress=False)
+        result.update({"train_seconds": seconds, "base": base, "modalities": args.modalities, "seeds": args.seeds,
+                       "teacher_set": args.teacher_set, "student_set": args.student_set, "variants": args.variant,
+                       "configs": [TEACHER, STUDENT, DISTILLED], "wall_seconds": round(time.perf_counter() - start, 1),
+                       "note": "best-of-val checkpoints; evaluation seed 7 on val, 2021 on novel"})
+        out = args.out if len(args.split) == 1 else args.out.with_name(f"{args.out.stem}_{split}{args.out.suffix}")
+        write_json(result, out)
+        print(table(result))
+        print(f"\n{out} ({result['wall_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

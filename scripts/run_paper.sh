@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The paper's CUB experiments: {Conv-4, ResNet-12} x {1-shot, 5-shot} x {image, text} students,
-# each as teacher -> student + CMKD -> student alone, scored on the same 2000 novel episodes.
+# each as teacher -> student + CMKD -> student alone, scored on the same 2000 novel episodes; image students
+# also with language-shaped learning (LSL, Mu et al. 2020; weight 5), alone and with CMKD.
 # Needs a prepared cache (cmkd prepare cub ... --name cub_84) and, realistically, a GPU.
 #
 #   bash scripts/run_paper.sh            # run the grid (each run resumes where it stopped)
@@ -32,7 +33,14 @@ for bb in conv4 resnet12; do
         --name "${s}_cmkd" --resume "episode.shot=$shot"
       run train --config "cub/${bb}_student" --modality "$modality" --name "${s}_alone" \
         --resume "episode.shot=$shot"
-      evaluate "student=runs/${s}_alone" "student+CMKD=runs/${s}_cmkd" "teacher=runs/$t" \
+      lsl=()
+      if [[ "$modality" == image ]]; then
+        run train --config "cub/${bb}_student" --name "${s}_lsl" --resume "episode.shot=$shot" lsl.weight=5
+        run distill --config "cub/${bb}_cmkd" --teacher "runs/$t" --modality image --name "${s}_cmkd_lsl" \
+          --resume "episode.shot=$shot" lsl.weight=5
+        lsl=("student+LSL=runs/${s}_lsl" "student+CMKD+LSL=runs/${s}_cmkd_lsl")
+      fi
+      evaluate "student=runs/${s}_alone" "student+CMKD=runs/${s}_cmkd" "${lsl[@]}" "teacher=runs/$t" \
         --shots "$shot" --fine-grained --episodes 2000 --out "runs/${s}_evaluation.json"
     done
   done

@@ -7,7 +7,7 @@ SRC = Path(__file__).parents[1] / "src" / "cmkd"
 
 #: Lowest first. A module belongs to the first layer whose prefix matches its dotted name.
 LAYERS = [
-    ("cmkd.version", "cmkd.config", "cmkd.registry", "cmkd.runtime", "cmkd.distributed"),
+    ("cmkd.version", "cmkd.errors", "cmkd.config", "cmkd.registry", "cmkd.runtime", "cmkd.distributed"),
     ("cmkd.data",),
     ("cmkd.models",),
     ("cmkd.losses",),

@@ -120,6 +120,8 @@ def test_paper_script_dry_run_lists_unique_runs_with_the_grid_settings(tmp_path)
             for modality in ("image", "text"):
                 expected[f"cub_{bb}_{shot}shot_{modality}_cmkd"] = (bb, shot, modality, "srl")
                 expected[f"cub_{bb}_{shot}shot_{modality}_alone"] = (bb, shot, modality, None)
+            expected[f"cub_{bb}_{shot}shot_image_lsl"] = (bb, shot, "image", None)
+            expected[f"cub_{bb}_{shot}shot_image_cmkd_lsl"] = (bb, shot, "image", "srl")
     names = [c["name"] for c in configs]
     assert len(names) == len(set(names)) == len(expected)
     for c in configs:
@@ -128,6 +130,7 @@ def test_paper_script_dry_run_lists_unique_runs_with_the_grid_settings(tmp_path)
         if method is not None:
             assert c["distill"]["method"] == method
             assert c["distill"]["teacher"] == f"runs/cub_{bb}_{shot}shot_teacher"
+        assert c["lsl"]["weight"] == (5 if c["name"].endswith("lsl") else 0), c["name"]
     evaluations = re.findall(r"^# evaluate (.*)$", done.stdout, re.M)
     assert len(evaluations) == 8
     for line in evaluations:

@@ -20,11 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cmkd.config import ConfigError, ModelConfig, build_section
+from cmkd.errors import CheckpointError, OutputFolderError
 from cmkd.models.fewshot import FewShotModel
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated or does not match its checksum."""
 
 
 def _sha256(path: Path) -> str:
@@ -66,7 +63,8 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict[str, Any],
-                    optimizer: torch.optim.Optimizer | None = None) -> Path:
+                    optimizer: torch.optim.Optimizer | None = None,
+                    extra: dict[str, torch.nn.Module] | None = None) -> Path:
     """Write a checkpoint whose JSON file is the commit point; returns the JSON path.
 
     The tensors go to a new ``<stem>-<digest>.safetensors``; then the previous ``<stem>.json``
@@ -78,6 +76,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict[str, An
         base = base.with_suffix("")
     base.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for prefix, module in (extra or {}).items():  # training-only parts (LSL's decoder): not in model_state
+        tensors.update({f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
     meta = dict(meta)
     if optimizer is not None:
         opt_tensors, opt_plain = flatten_optimizer(optimizer.state_dict())
@@ -165,8 +165,9 @@ def state_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+def model_state(tensors: dict[str, torch.Tensor], prefix: str = "model") -> dict[str, torch.Tensor]:
+    """The state dict stored under ``prefix`` (the model's; ``"lsl"``: LSL's training-only decoder)."""
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
 def ensure_writable_folder(folder: str | Path) -> Path:
@@ -234,8 +235,6 @@ class RunDirectory:
             self._lock = None
 
 
-class OutputFolderError(RuntimeError):
-    """An output folder cannot be used: it holds another run, another process uses it, or it is not writable."""
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[FewShotModel, dict]:

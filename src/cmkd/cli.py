@@ -9,13 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from cmkd.checkpoint import CheckpointError, OutputFolderError, RunDirectory, ensure_writable_folder
-from cmkd.config import CHOICES, Config, ConfigError, DataConfig, EpisodeConfig, check_name, load_config
-from cmkd.data.dataset import DatasetError
-from cmkd.data.images import ImageError
+from cmkd.config import CHOICES, Config, DataConfig, EpisodeConfig, check_name, load_config
+from cmkd.errors import USER_ERRORS, ConfigError, DatasetError, ImageError
 from cmkd.registry import METHODS
 
 #: Command-line flags that set a config field: flag attribute -> dotted key.
@@ -42,14 +39,15 @@ def _report(trainer) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    if args.print_config:
+        return _print_config(cfg)
     from cmkd import distributed
+    from cmkd.checkpoint import RunDirectory
     from cmkd.data.registry import load_dataset
     from cmkd.runtime import configure_cpu
     from cmkd.train.loop import Trainer
 
-    cfg = _config(args)
-    if args.print_config:
-        return _print_config(cfg)
     RunDirectory(cfg.run_dir).check(args.resume, args.overwrite)  # before any data is loaded
     configure_cpu(cfg.train.threads)
     trainer = Trainer(cfg, load_dataset(cfg.data), distributed.setup(args.device))
@@ -58,15 +56,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    if args.print_config:
+        return _print_config(cfg)
     from cmkd import distributed
-    from cmkd.checkpoint import load_model
+    from cmkd.checkpoint import RunDirectory, load_model
     from cmkd.data.registry import load_dataset
     from cmkd.runtime import configure_cpu
     from cmkd.train.loop import Trainer
 
-    cfg = _config(args)
-    if args.print_config:
-        return _print_config(cfg)
     if cfg.distill.teacher is None:
         raise ConfigError("distill needs a teacher: pass --teacher RUN or set distill.teacher in the config")
     if cfg.model.modality == "image+text":
@@ -86,7 +84,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from cmkd import distributed
-    from cmkd.checkpoint import load_model
+    from cmkd.checkpoint import ensure_writable_folder, load_model
     from cmkd.data.device import DeviceData
     from cmkd.data.registry import load_dataset
     from cmkd.eval.compare import compare, table, write_json
@@ -173,7 +171,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             hits.append(pred == truth)
         rows.append({"query": str(path), "predicted": pred, "label": truth,
                      "probabilities": {c: round(float(v), 4) for c, v in zip(clf.classes, p)}})
-    accuracy = float(np.mean(hits)) if hits else None
+    accuracy = sum(hits) / len(hits) if hits else None
     if args.json:
         print(json.dumps({"model": str(args.model), "classes": clf.classes, "support_images": len(support),
                           "predictions": rows, "labelled_queries": len(hits), "accuracy": accuracy}, indent=1))
@@ -194,6 +192,7 @@ def _printable(text: str) -> str:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
+    from cmkd.checkpoint import ensure_writable_folder
     from cmkd.data.cache import prepare
     from cmkd.data.formats.cub import list_cub
     from cmkd.data.formats.flowers import list_flowers
@@ -202,7 +201,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     if args.name is not None:
         check_name(args.name, "--name")
-    ensure_writable_folder((args.out or data_home()).parent if args.out else data_home())  # before decoding
+    ensure_writable_folder(args.out.parent if args.out else data_home())  # before decoding
     if args.format == "cub":
         listing = list_cub(args.root, args.captions, args.crop, args.split_file, args.skip_bad)
     elif args.format == "flowers":
@@ -400,8 +399,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cmkd import distributed
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow a flag (`... --resume train.episodes=900`)
@@ -412,12 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, DatasetError, ImageError, OutputFolderError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         # the project's own errors name the file or field and the fix; anything else is a bug: traceback
         print(f"cmkd {args.command}: error: {err}", file=sys.stderr)
         return 2
     finally:
-        distributed.teardown()
+        if "cmkd.distributed" in sys.modules:  # a command that joined a process group leaves it
+            sys.modules["cmkd.distributed"].teardown()
     return 0
 
 

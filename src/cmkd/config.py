@@ -16,11 +16,8 @@ from typing import Any
 
 import yaml
 
+from cmkd.errors import ConfigError  # noqa: F401  (re-exported)
 from cmkd.registry import BACKBONES, FUSIONS, HEADS, METHODS, TEXT_ENCODERS
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message that names the field and the fix."""
 
 
 @dataclass
@@ -120,6 +117,16 @@ class DistillConfig:
 
 
 @dataclass
+class LSLConfig:
+    """Language-shaped learning (Mu et al., ACL 2020): the student's embedding must also let a caption
+    decoder generate the sample's captions, during training only."""
+
+    weight: float = 0.0  # weight of the caption decoder's loss beside the head loss (0: off; the paper used ~5)
+    hidden: int = 200  # width of the decoder's GRU
+    word_dim: int = 128  # width of its word embeddings
+
+
+@dataclass
 class Config:
     name: str = "run"  # run name: the run folder is <out>/<name>
     out: str = "runs"  # folder that holds the run folders
@@ -128,6 +135,7 @@ class Config:
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    lsl: LSLConfig = field(default_factory=LSLConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -288,7 +296,7 @@ def field_help() -> dict[str, tuple[Any, str]]:
     import tokenize
 
     comments: dict[tuple[str, str], str] = {}
-    for cls in (Config, DataConfig, ModelConfig, EpisodeConfig, TrainConfig, DistillConfig):
+    for cls in (Config, DataConfig, ModelConfig, EpisodeConfig, TrainConfig, DistillConfig, LSLConfig):
         pending: list[str] = []
         for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
             if tok.type == tokenize.COMMENT:
@@ -332,7 +340,8 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     "train.pretrain_epochs": (0, None, True), "train.pretrain_lr": (0, None, False),
     "train.pretrain_batch": (1, None, True), "train.seed": (0, None, True),
     "distill.weight": (0, None, True), "distill.tau": (0, None, False),
-    "distill.kd_tau": (0, None, False), "distill.rel": (0, None, True),
+    "distill.kd_tau": (0, None, False), "lsl.weight": (0, None, True), "lsl.hidden": (1, None, True),
+    "lsl.word_dim": (1, None, True), "distill.rel": (0, None, True),
     "distill.dist": (0, None, True), "distill.angle": (0, None, True), "distill.warmup": (0, 1, True),
 }
 

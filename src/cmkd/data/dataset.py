@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from cmkd.errors import DatasetError  # noqa: F401  (re-exported)
+
 SPLITS = ("base", "val", "novel")
 
 
-class DatasetError(ValueError):
-    """A dataset on disk that cannot be used, with a message naming the file and the fix."""
 
 
 @dataclass

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cmkd.errors import ImageError  # noqa: F401  (re-exported)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-class ImageError(ValueError):
-    """An image that cannot be used, with a message naming the file and the fix."""
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

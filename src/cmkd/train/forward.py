@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cmkd.models.caption_decoder import CaptionDecoder
 from cmkd.models.fewshot import FewShotModel
 from cmkd.models.fusion import LateFusion
 from cmkd.runtime import autocast
@@ -18,13 +19,18 @@ from cmkd.runtime import autocast
 class EpisodeForward(nn.Module):
     """Embeddings ``[E, N, D]``, scores ``[E, Q, way]`` and the head's loss of ``E`` batched episodes."""
 
-    def __init__(self, model: FewShotModel, way: int, shot: int, precision: str, device: torch.device) -> None:
+    def __init__(self, model: FewShotModel, way: int, shot: int, precision: str, device: torch.device,
+                 decoder: CaptionDecoder | None = None, decoder_weight: float = 0.0) -> None:
         super().__init__()
         self.model, self.way, self.shot = model, way, shot
         self.precision, self.device = precision, device
+        self.decoder, self.decoder_weight = decoder, decoder_weight  # language-shaped learning (LSL)
 
     def forward(self, images: torch.Tensor | None, text: torch.Tensor | None, episodes: int,
-                text_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                text_mask: torch.Tensor | None = None, captions: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embeddings, scores, the loss (head loss, + LSL's caption loss when ``captions`` [E * n, L] are
+        given) and the caption loss alone (0 without)."""
         keep = self._modality_dropout(episodes, (images if images is not None else text).shape[0] // episodes)
         with autocast(self.precision, self.device):
             emb = self.model.embed(images, text, text_mask, keep=keep)
@@ -33,7 +39,11 @@ class EpisodeForward(nn.Module):
         loss = self.model.loss(scores, emb, self.way, self.shot)
         if self.model.cfg.branch_loss > 0 and isinstance(self.model.fusion, LateFusion):
             loss = loss + self.model.cfg.branch_loss * self.model.branch_loss(emb, self.way, self.shot)
-        return emb, scores, loss
+        caption_loss = loss.new_zeros(())
+        if self.decoder is not None and captions is not None:
+            caption_loss = self.decoder(emb.flatten(0, 1), captions)
+            loss = loss + self.decoder_weight * caption_loss
+        return emb, scores, loss, caption_loss.detach()
 
 
     def _modality_dropout(self, episodes: int, per_episode: int) -> torch.Tensor | None:

@@ -34,13 +34,16 @@ from cmkd.config import Config, ConfigError, EpisodeConfig, resume_conflicts
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSampler, episode_labels
+from cmkd.data.text import Vocab
 from cmkd.eval.evaluate import Embedded, embed_samples, episode_list, evaluate_episodes
 from cmkd.eval.plots import plot_val_curves
 from cmkd.eval.stats import mean_ci
 from cmkd.losses.methods import loss_settings
 from cmkd.losses.srl import spatial_relation_loss
 from cmkd.models import inputs
+from cmkd.models.caption_decoder import CaptionDecoder
 from cmkd.models.fewshot import FewShotModel, build_model
+from cmkd.models.text_encoders import MAX_TOKENS
 from cmkd.runtime import autocast, provenance, resolve_precision, seed_for
 from cmkd.train.forward import EpisodeForward, data_parallel
 from cmkd.train.logs import RunLog
@@ -72,8 +75,10 @@ class Trainer:
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         e = cfg.episode
+        self.decoder = self._caption_decoder() if cfg.lsl.weight > 0 else None
         self.forward: torch.nn.Module = data_parallel(
-            EpisodeForward(self.model, e.way, e.shot, self.precision, self.device), self.device, self.ranks.world)
+            EpisodeForward(self.model, e.way, e.shot, self.precision, self.device, self.decoder, cfg.lsl.weight),
+            self.device, self.ranks.world)
         if cfg.train.compile:
             self.forward = torch.compile(self.forward)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -94,7 +99,8 @@ class Trainer:
         self.val_setting = EpisodeConfig(e.way, e.shot, cfg.train.val_query, False)
         self.val_episodes = episode_list(self.data, "val", self.val_setting, cfg.train.val_episodes,
                                          seed_for(cfg.train.seed, "validation"))
-        self.optimizer = build_optimizer(cfg.train, self.model.parameters())
+        self.optimizer = build_optimizer(cfg.train, [*self.model.parameters(),
+                                                     *(self.decoder.parameters() if self.decoder else [])])
         self.steps = math.ceil(cfg.train.episodes / (cfg.train.episodes_per_step * self.ranks.world))
         self.step = 0
         self.history: list[dict] = []
@@ -103,6 +109,21 @@ class Trainer:
         self.best_acc = -1.0
         self.run_dir = cfg.run_dir
         self.dataset_summary = dataset.summary()  # stored in every checkpoint; computed once
+
+    def _caption_decoder(self) -> CaptionDecoder:
+        """LSL's decoder over a vocabulary of the base-split captions, and its caption table."""
+        ds = self.dataset
+        base = set(ds.split_classes("base"))
+        labels = ds.labels.tolist()
+        vocab = Vocab.build(c for i, caps in enumerate(ds.captions) if labels[i] in base for c in caps)
+        self.lsl_key = f"lsl:{vocab.key}"
+        return CaptionDecoder(vocab, self.model.out_dim, self.cfg.lsl.hidden, self.cfg.lsl.word_dim).to(self.device)
+
+    def _lsl_captions(self, flat: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """One sampled caption per sample, as the decoder's word ids."""
+        vocab = self.decoder.vocab
+        table = self.data.caption_table(self.lsl_key, lambda texts: vocab.encode_batch(texts)[:, :MAX_TOKENS])
+        return table.inputs[table.random_ids(flat, gen)]
 
     @staticmethod
     def embed_teacher(teacher: FewShotModel, data: DeviceData, cfg: Config) -> Embedded:
@@ -147,8 +168,12 @@ class Trainer:
 
         self.model.train()
         text = inputs.text_inputs(self.data, self.model, flat, caption_ids)[0]
-        emb, scores, ce = self.forward(images if self.model.uses_image else None, text, n_ep)
+        captions = self._lsl_captions(flat, gen) if self.decoder is not None else None
+        emb, scores, ce, caption_loss = self.forward(images if self.model.uses_image else None, text, n_ep,
+                                                     captions=captions)
         loss, logs = ce, {"ce": ce.detach()}
+        if self.decoder is not None:
+            logs["lsl"] = caption_loss
         if self.loss_settings is not None:
             terms = self._distillation_terms(step, episodes, flat, images, caption_ids, emb, scores)
             ramp = min(1.0, step / (cfg.distill.warmup * self.steps)) if cfg.distill.warmup > 0 else 1.0
@@ -176,7 +201,7 @@ class Trainer:
         if self.loss_settings.student_view == "clean":  # the student's relations on the inputs the teacher saw
             c_images = self.data.images_for(episodes.reshape(-1)) if self.model.uses_image else None
             c_text, c_mask = inputs.text_inputs(self.data, self.model, flat, all_captions=True)
-            emb, scores, _ = self.forward(c_images, c_text, n_ep, c_mask)
+            emb, scores, _, _ = self.forward(c_images, c_text, n_ep, c_mask)
         truth = episode_labels(e.way, e.query, self.device).expand(n_ep, -1)
         return spatial_relation_loss(scores, t_scores, emb, t_emb, self.loss_settings, truth)
 
@@ -199,9 +224,10 @@ class Trainer:
     def save(self, best: bool) -> None:
         """Checkpoint (rank 0 writes; every rank holds the same weights)."""
         if self.ranks.main:
-            save_checkpoint(self.run_dir / "last", self.model, self._meta(), self.optimizer)
+            extra = {"lsl": self.decoder} if self.decoder is not None else None
+            save_checkpoint(self.run_dir / "last", self.model, self._meta(), self.optimizer, extra)
             if best:
-                save_checkpoint(self.run_dir / "best", self.model, self._meta())
+                save_checkpoint(self.run_dir / "best", self.model, self._meta(), extra=extra)
         distributed.barrier()
 
     def resume(self) -> bool:
@@ -228,6 +254,8 @@ class Trainer:
             raise ConfigError(f"{path} was trained by {meta.get('world_size', 1)} process(es); resume it with "
                               f"the same number (this is {self.ranks.world}) so it follows the same episodes")
         self.model.load_state_dict(model_state(tensors))
+        if self.decoder is not None:
+            self.decoder.load_state_dict(model_state(tensors, "lsl"))
         self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
         if meta.get("grad_scaler"):
             self.scaler.load_state_dict(meta["grad_scaler"])
