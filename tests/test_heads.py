@@ -148,3 +148,20 @@ def test_every_head_as_teacher_and_student_from_the_cli(head, backbone, tmp_path
     assert main(["distill", "--teacher", str(tmp_path / "t"), "--name", "s", *tiny, live]) == 0
     assert main(["evaluate", f"s={tmp_path / 's'}", f"t={tmp_path / 't'}", "--shots", "1", "--query", "1",
                  "--episodes", "3", "--out", str(tmp_path / "e.json")]) == 0
+
+
+@pytest.mark.parametrize("student_head", ["matchingnet", "relationnet", "feat"])
+def test_cross_head_distillation_from_a_protonet_teacher(small, fast_cfg, student_head):
+    """The SRL compares standardised scores and scale-free distances, so the teacher's head may differ."""
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "train.episodes": 4}), small)
+    teacher.fit(progress=False)
+    assert isinstance(teacher.model.head, ProtoNet)
+    cfg = fast_cfg(**{"model.head": student_head, "name": "student"})
+    alone, distilled = Trainer(cfg, small), Trainer(cfg, small, teacher=teacher.model)
+    assert type(distilled.model.head) is type(alone.model.head) is HEAD_REGISTRY.get(student_head)
+    for step in range(3):
+        alone.train_step(step)
+        distilled.train_step(step)
+    a, d = alone.model.state_dict(), distilled.model.state_dict()
+    assert all(torch.isfinite(v).all() for v in d.values() if v.is_floating_point())
+    assert any(not torch.equal(a[k], d[k]) for k in a), "the teacher's relations must change the student"

@@ -172,6 +172,18 @@ def misencoded_letters(cmap: dict[int, str], letters: Sequence[int]) -> list[int
     return bad
 
 
+def read_styled_face(path: Path, styles: dict[str, str]) -> tuple[Face, dict[int, str], str] | str:
+    """A font file's face, cmap and style mapped through ``styles``; or why the file is rejected."""
+    read = read_face(path)
+    if read is None:
+        return "unreadable or no Unicode cmap"
+    face, cmap = read
+    style = styles.get(face.style)
+    if style is None:
+        return f"style {face.style!r} not kept"
+    return face, cmap, style
+
+
 def read_face(path: Path) -> tuple[Face, dict[int, str]] | None:
     """Family, style and cmap of a font file; None when it has no Unicode cmap."""
     from fontTools.ttLib import TTFont
@@ -226,15 +238,11 @@ def select_faces(
     candidates: list[tuple[Face, list[int]]] = []
     rejected: list[dict] = []
     for path in sorted(paths):
-        read = read_face(path)
-        if read is None:
-            rejected.append({"path": str(path), "reason": "unreadable or no Unicode cmap"})
+        read = read_styled_face(path, STYLES)
+        if isinstance(read, str):
+            rejected.append({"path": str(path), "reason": read})
             continue
-        face, cmap = read
-        style = STYLES.get(face.style)
-        if style is None:
-            rejected.append({"path": str(path), "reason": f"style {face.style!r} not kept"})
-            continue
+        face, cmap, style = read
         if is_placeholder(cmap, letters):
             rejected.append({"path": str(path), "reason": "placeholder glyphs (LastResort-like)"})
             continue

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from glyph_builder import CLONE_COSINE, Face, _debian_package, _unit, read_face, render_face
+from glyph_builder import CLONE_COSINE, Face, _debian_package, _unit, read_styled_face, render_face
 
 KANJIDIC = Path("/usr/share/edict/kanjidic")
 FONT_PACKAGES = (
@@ -91,15 +91,11 @@ def package_files(packages: list[str]) -> list[Path]:
 def candidate_faces(files: list[Path], kanji: list[int]) -> tuple[list[tuple[Face, list[int]]], list[dict]]:
     kept, rejected = [], []
     for path in files:
-        read = read_face(path)
-        if read is None:
-            rejected.append({"path": str(path), "reason": "unreadable or no Unicode cmap"})
+        read = read_styled_face(path, STYLES)
+        if isinstance(read, str):
+            rejected.append({"path": str(path), "reason": read})
             continue
-        face, cmap = read
-        style = STYLES.get(face.style)
-        if style is None:
-            rejected.append({"path": str(path), "reason": f"style {face.style!r} not kept"})
-            continue
+        face, cmap, style = read
         covered = [cp for cp in kanji if cmap.get(cp, ".notdef") not in (".notdef", "")]
         if len(covered) < MIN_COVERAGE * len(kanji):
             rejected.append({"path": str(path), "reason": f"draws {len(covered)} of {len(kanji)} kanji"})

@@ -107,6 +107,7 @@ def _write_report(path: Path, result: dict, quick: bool) -> None:
     student = runs["image student"]["config"]
     srl = runs["image student + SRL"]["config"]["distill"]
     t = student["train"]
+    view = "the teacher's clean inputs" if srl["student_inputs"] == "clean" else "its own training view"
     lines = [
         "# cmkd demo: cross-modal knowledge distillation on glyphs, in both directions",
         "",
@@ -120,9 +121,8 @@ def _write_report(path: Path, result: dict, quick: bool) -> None:
         f"schedule, best of {t['val_episodes']} fixed val episodes every {t['val_every']}.",
         f"Teacher: image + text, {teacher['model']['fusion']} fusion, {teacher['train']['episodes']} episodes. "
         f"SRL: relation term on {srl['standardise']}-standardised scores at tau={srl['tau']} (weight {srl['rel']}) "
-        f"+ distance structure (weight {srl['dist']}), lambda={srl['weight']}, the student's side on the "
-        f"teacher's clean inputs ({srl['student_inputs']}); KD: Hinton KD on raw episode logits at "
-        f"tau={srl['tau']}.",
+        f"+ distance structure (weight {srl['dist']}), lambda={srl['weight']}, the student's side computed on "
+        f"{view}; KD: Hinton KD on raw episode logits at tau={srl['kd_tau']}, on the student's training view.",
         f"Evaluation: {result['episodes']} fixed {result['split']} episodes per setting (seed {result['seed']}), "
         f"the same for every method; {result['ci']}. One training seed: the intervals cover the episodes, "
         "not training randomness (benchmarks/RESULTS.md has three seeds).",
