@@ -21,7 +21,6 @@ from pathlib import Path
 
 import yaml
 
-from cmkd.checkpoint import load_checkpoint, model_state
 from cmkd.config import EpisodeConfig, load_config
 from cmkd.data.device import DeviceData
 from cmkd.data.registry import load_dataset
@@ -52,7 +51,7 @@ def _train(config: str, base: dict, overrides: dict, name: str, dataset, teacher
     trainer = Trainer(cfg, dataset, teacher=teacher, teacher_cache=teacher_cache)
     start = time.perf_counter()
     trainer.fit(desc=name, progress=False, overwrite=True)
-    trainer.model.load_state_dict(model_state(load_checkpoint(cfg.run_dir / "best.json")[0]))
+    trainer.load_best()
     return trainer, time.perf_counter() - start
 
 

@@ -14,7 +14,6 @@ import shutil
 import time
 from pathlib import Path
 
-from cmkd.checkpoint import load_checkpoint, model_state
 from cmkd.config import Config, EpisodeConfig, load_config
 from cmkd.data.device import DeviceData
 from cmkd.data.registry import load_dataset
@@ -68,8 +67,7 @@ def run_demo(out: Path = Path("runs/demo"), quick: bool = False, with_baselines:
         trainer = Trainer(cfg, dataset, teacher=teacher if distilled else None, teacher_cache=teacher_cache)
         teacher_cache = trainer.teacher_cache or teacher_cache  # one teacher pass serves every student
         histories[name] = trainer.fit(desc=f"[{i + 1}/{len(names)}] {name}")
-        trainer.model.load_state_dict(model_state(load_checkpoint(cfg.run_dir / "best.json")[0]))
-        trained[name] = trainer.model.eval()
+        trained[name] = trainer.load_best()
         if name.startswith("teacher"):
             teacher = trained[name]
     train_seconds = time.perf_counter() - start

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from cmkd import distributed
 from cmkd.checkpoint import (
     RunDirectory,
+    load_checkpoint,
     load_latest_good,
     model_state,
     repair_best,
@@ -111,18 +112,17 @@ class Trainer:
         self.dataset_summary = dataset.summary()  # stored in every checkpoint; computed once
 
     def _caption_decoder(self) -> CaptionDecoder:
-        """LSL's decoder over a vocabulary of the base-split captions, and its caption table."""
+        """LSL's decoder over a vocabulary of the base-split captions."""
         ds = self.dataset
         base = set(ds.split_classes("base"))
         labels = ds.labels.tolist()
         vocab = Vocab.build(c for i, caps in enumerate(ds.captions) if labels[i] in base for c in caps)
-        self.lsl_key = f"lsl:{vocab.key}"
         return CaptionDecoder(vocab, self.model.out_dim, self.cfg.lsl.hidden, self.cfg.lsl.word_dim).to(self.device)
 
     def _lsl_captions(self, flat: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """One sampled caption per sample, as the decoder's word ids."""
         vocab = self.decoder.vocab
-        table = self.data.caption_table(self.lsl_key, lambda texts: vocab.encode_batch(texts)[:, :MAX_TOKENS])
+        table = self.data.caption_table(f"lsl:{vocab.key}", lambda texts: vocab.encode_batch(texts)[:, :MAX_TOKENS])
         return table.inputs[table.random_ids(flat, gen)]
 
     @staticmethod
@@ -213,6 +213,11 @@ class Trainer:
                                  self.val_setting.shot, self.cfg.data.eval_captions == "mean", self.precision)
         m = mean_ci(accs)
         return m.mean, m.ci95
+
+    def load_best(self) -> FewShotModel:
+        """The model with the best validated weights of this run (``best.json``), in eval mode."""
+        self.model.load_state_dict(model_state(load_checkpoint(self.run_dir / "best.json")[0]))
+        return self.model.eval()
 
     def _meta(self) -> dict:
         return {"spec": self.model.spec(), "config": self.cfg.to_dict(), "step": self.step,
