@@ -72,6 +72,9 @@ def test_lsl_from_the_command_line_with_and_without_a_teacher(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "lsl" / "metrics.jsonl").read_text().splitlines()]
     assert any("lsl" in x for x in lines if x["kind"] == "train")
     assert main(["train", "--name", "t", "--modality", "image+text", *fast]) == 0
-    assert main(["distill", "--teacher", str(tmp_path / "t"), "--name", "srl_lsl", "lsl.weight=5", *fast]) == 0
+    assert main(["distill", "--teacher", str(tmp_path / "t"), "--name", "srl_lsl", "lsl.weight=5", "lsl.hidden=16",
+                 "lsl.word_dim=8", *fast]) == 0
     meta = json.loads((tmp_path / "srl_lsl" / "best.json").read_text())
     assert meta["config"]["lsl"]["weight"] == 5 and meta["config"]["distill"]["method"] == "srl"
+    tensors, _ = load_checkpoint(tmp_path / "srl_lsl" / "best.json")  # the decoder has the configured sizes
+    assert tuple(tensors["lsl.gru.weight_hh_l0"].shape) == (3 * 16, 16) and tensors["lsl.embed.weight"].shape[1] == 8
