@@ -1,0 +1,254 @@
+"""Budget protocol: does CMKD still help a student trained to its plateau?
+
+One *cell* is one training run: a teacher or a student (alone or distilled with a method) at an
+episode budget and a training seed. Each finished cell writes ``CELLS/<cell>.json`` with its
+wall time and the per-episode accuracies of its best-of-val checkpoint on fixed episodes:
+val (seed 7) and novel (seed 2021), 5-way 1-shot and 5-shot, random and fine-grained. A cell
+whose JSON exists is skipped; an interrupted one resumes from its run folder's last checkpoint
+(weights identical to an uninterrupted run). So a grid can be killed and restarted at any time:
+
+    nice .venv/bin/python benchmarks/convergence.py run --modality image --methods none srl \\
+        --budgets 1200 2400 4800 9600 19200 --seeds 0 1 2 --teacher-episodes 2400
+    .venv/bin/python benchmarks/convergence.py report --out benchmarks/results/convergence.json \\
+        --plot benchmarks/results/convergence.png
+
+A distilled student of seed ``s`` learns from the teacher cell of seed ``s`` at
+``--teacher-episodes`` (trained first if missing). Students and teachers share the shipped
+configs (``glyphs_student``, ``glyphs_distill``, ``glyphs_teacher``); validation runs
+``--val-points`` times per run, so every budget is selected on the same number of checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from cmkd.config import EpisodeConfig, load_config
+from cmkd.data.device import DeviceData
+from cmkd.data.registry import load_dataset
+from cmkd.eval.evaluate import episode_list, evaluate_lists
+from cmkd.eval.stats import over_seeds, paired_over_seeds
+from cmkd.runtime import configure_cpu
+from cmkd.train.loop import Trainer
+
+TEACHER, STUDENT, DISTILLED = "glyphs_teacher", "glyphs_student", "glyphs_distill"
+SETTINGS = {  # label -> (split, evaluation seed, setting)
+    f"{split} {shot}-shot{' FG' if fine else ''}": (split, 7 if split == "val" else 2021,
+                                                   EpisodeConfig(5, shot, 15, fine))
+    for split in ("val", "novel") for shot in (1, 5) for fine in (False, True)}
+
+
+def _pairs(items: list[str]) -> dict:
+    return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items)}
+
+
+def cell_name(role: str, episodes: int, seed: int, tag: str = "") -> str:
+    return f"{role}{'_' + tag if tag else ''}_e{episodes}_s{seed}"
+
+
+class Grid:
+    """Trains and scores cells, each once; everything under ``runs`` and ``cells``."""
+
+    def __init__(self, dataset_name: str, runs: Path, cells: Path, common: dict, val_points: int,
+                 eval_episodes: int) -> None:
+        self.runs, self.cells, self.common = runs, cells, common
+        self.val_points, self.eval_episodes = val_points, eval_episodes
+        self.cells.mkdir(parents=True, exist_ok=True)
+        self.base = {"data.dataset": dataset_name, "out": str(runs), **common}
+        self.dataset = load_dataset(load_config(STUDENT, flags=self.base).data)
+        self.data = DeviceData(self.dataset)
+        self.lists = {label: episode_list(self.data, split, s, eval_episodes, seed)
+                      for label, (split, seed, s) in SETTINGS.items()}
+        self.teachers: dict[str, Trainer] = {}
+
+    def done(self, name: str) -> bool:
+        return (self.cells / f"{name}.json").exists()
+
+    def train(self, name: str, config: str, flags: dict, episodes: int, teacher: Trainer | None = None) -> Trainer:
+        val_every = max(1, episodes // self.val_points)
+        cfg = load_config(config, flags={**self.base, **flags, "name": name, "train.episodes": episodes,
+                                         "train.val_every": val_every})
+        cache = teacher.teacher_cache if teacher is not None else None
+        trainer = Trainer(cfg, self.dataset, teacher=teacher.model if teacher else None, teacher_cache=cache)
+        resume = (cfg.run_dir / "last.json").exists()
+        start = time.perf_counter()
+        trainer.fit(resume=resume, overwrite=not resume, progress=False, desc=name)
+        seconds = time.perf_counter() - start
+        trainer.load_best()
+        if not self.done(name):
+            self._score(name, trainer, cfg, seconds, resumed=resume)
+        return trainer
+
+    def _score(self, name: str, trainer: Trainer, cfg, seconds: float, resumed: bool) -> None:
+        labels = list(self.lists)
+        accs = evaluate_lists(trainer.model, self.data, [self.lists[k] for k in labels],
+                              [(SETTINGS[k][2].way, SETTINGS[k][2].shot) for k in labels])
+        record = {"cell": name, "config": cfg.to_dict(), "train_seconds": round(seconds, 1), "resumed": resumed,
+                  "best_val_acc": trainer.best_acc, "history": trainer.history,
+                  "eval_episodes": self.eval_episodes, "query": 15,
+                  "accuracy": {k: float(a.mean()) for k, a in zip(labels, accs)},
+                  "per_episode": {k: np.round(a, 4).tolist() for k, a in zip(labels, accs)}}
+        path = self.cells / f"{name}.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+        print(f"{name}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in record["accuracy"].items() if "1-shot" in k)
+              + f" ({seconds:.0f} s)", flush=True)
+
+    def teacher(self, episodes: int, seed: int, tag: str, flags: dict) -> Trainer:
+        name = cell_name("teacher", episodes, seed, tag)
+        if name not in self.teachers:
+            self.teachers[name] = self.train(name, TEACHER, {"train.seed": seed, **flags}, episodes)
+        return self.teachers[name]
+
+
+def run(args: argparse.Namespace) -> None:
+    configure_cpu(args.threads)
+    grid = Grid(args.dataset, args.runs, args.cells, _pairs(args.set), args.val_points, args.eval_episodes)
+    teacher_flags = _pairs(args.teacher_set)
+    for seed in args.seeds:
+        for budget in args.teacher_budgets:
+            if not grid.done(cell_name("teacher", budget, seed, args.teacher_tag)):
+                grid.teacher(budget, seed, args.teacher_tag, teacher_flags)
+    for budget in args.budgets:
+        for seed in args.seeds:
+            for method in args.methods:
+                role = f"{args.modality}_{method}" + (f"_t{args.teacher_episodes}" if method != "none" else "")
+                name = cell_name(role, budget, seed, args.tag)
+                if grid.done(name):
+                    continue
+                flags = {"train.seed": seed, "model.modality": args.modality, **_pairs(args.student_set)}
+                if method == "none":
+                    grid.train(name, STUDENT, flags, budget)
+                else:
+                    teacher = grid.teacher(args.teacher_episodes, seed, args.teacher_tag, teacher_flags)
+                    grid.train(name, DISTILLED, {**flags, "distill.method": method}, budget, teacher)
+
+
+def _load(cells: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(cells.glob("*.json"))}
+
+
+def _fmt(stat, signed: bool = False) -> str:
+    return f"{100 * stat.mean:{'+' if signed else ''}.2f} ± {100 * stat.ci95:.2f}"
+
+
+def report(args: argparse.Namespace) -> None:
+    cells = _load(args.cells)
+    groups: dict[tuple[str, int], dict[int, dict]] = {}
+    for name, rec in cells.items():
+        role, budget, seed = name.rsplit("_e", 1)[0], *map(int, name.rsplit("_e", 1)[1].split("_s"))
+        groups.setdefault((role, budget), {})[seed] = rec
+    out: dict = {"cells": args.cells.as_posix(), "settings": list(SETTINGS), "rows": []}
+    print(f"| run | episodes | seeds | train s (mean) | {' | '.join(args.show)} |")
+    print("|---|---|---|---|" + "---|" * len(args.show))
+    for (role, budget), by_seed in sorted(groups.items()):
+        seeds = sorted(by_seed)
+        row = {"run": role, "episodes": budget, "seeds": seeds,
+               "train_seconds": [by_seed[s]["train_seconds"] for s in seeds], "accuracy": {}, "minus_reference": {}}
+        reference = _reference(role, budget, groups)
+        for label in SETTINGS:
+            accs = np.array([by_seed[s]["per_episode"][label] for s in seeds])
+            stat = over_seeds(accs)
+            row["accuracy"][label] = {"mean": stat.mean, "ci95": stat.ci95}
+            if reference is not None:
+                common = [s for s in seeds if s in reference[1]]
+                if common:
+                    ref = np.array([reference[1][s]["per_episode"][label] for s in common])
+                    a = np.array([by_seed[s]["per_episode"][label] for s in common])
+                    d = paired_over_seeds(a, ref)
+                    row["minus_reference"][label] = {"reference": reference[0], "seeds": common, "mean": d.mean,
+                                                     "ci95": d.ci95, "p": d.p}
+        out["rows"].append(row)
+        shown = []
+        for label in args.show:
+            acc = row["accuracy"][label]
+            text = f"{100 * acc['mean']:.2f} ± {100 * acc['ci95']:.2f}"
+            if label in row["minus_reference"]:
+                d = row["minus_reference"][label]
+                text += f" ({100 * d['mean']:+.2f} ± {100 * d['ci95']:.2f})"
+            shown.append(text)
+        print(f"| {role} | {budget} | {len(seeds)} | {np.mean(row['train_seconds']):.0f} | {' | '.join(shown)} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+    if args.plot:
+        plot(out, args.plot, args.plot_setting)
+
+
+def _reference(role: str, budget: int, groups: dict) -> tuple[str, dict] | None:
+    """The student alone of the same modality (and tag) at the same budget, for a distilled student."""
+    modality, _, rest = role.partition("_")
+    if not rest or rest.startswith("none") or modality == "teacher":
+        return None
+    tag = rest.split("_", 2)[2] if rest.count("_") >= 2 else ""
+    ref_role = f"{modality}_none" + (f"_{tag}" if tag else "")
+    return (ref_role, groups[(ref_role, budget)]) if (ref_role, budget) in groups else None
+
+
+def plot(out: dict, path: Path, settings: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 4.0), squeeze=False)
+    roles = sorted({r["run"] for r in out["rows"]})
+    for ax, label in zip(axes[0], settings):
+        for role in roles:
+            rows = sorted((r for r in out["rows"] if r["run"] == role), key=lambda r: r["episodes"])
+            x = [r["episodes"] for r in rows]
+            y = [100 * r["accuracy"][label]["mean"] for r in rows]
+            ci = [100 * r["accuracy"][label]["ci95"] for r in rows]
+            seeds = max(len(r["seeds"]) for r in rows)
+            ax.errorbar(x, y, yerr=ci, marker="o", ms=4, capsize=3, label=f"{role} ({seeds} seeds)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training episodes")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{label}, 5-way, 15 queries", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, title="bars: 95% interval over seeds and episodes", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train and score the missing cells of a grid")
+    r.add_argument("--dataset", default="glyphs")
+    r.add_argument("--modality", default="image", choices=["image", "text"])
+    r.add_argument("--methods", nargs="+", default=["none", "srl"], choices=["none", "kd", "rkd", "srl"])
+    r.add_argument("--budgets", type=int, nargs="+", default=[1200, 2400, 4800, 9600, 19200])
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--teacher-episodes", type=int, default=2400, help="budget of the teacher the students learn from")
+    r.add_argument("--teacher-budgets", type=int, nargs="*", default=[], help="teacher cells to train and score")
+    r.add_argument("--teacher-tag", default="", help="names a teacher variant (with --teacher-set)")
+    r.add_argument("--teacher-set", nargs="*", default=[], metavar="key=value")
+    r.add_argument("--student-set", nargs="*", default=[], metavar="key=value")
+    r.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for every run")
+    r.add_argument("--tag", default="", help="names a student variant (with --student-set)")
+    r.add_argument("--val-points", type=int, default=12, help="validations per run")
+    r.add_argument("--eval-episodes", type=int, default=600)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--runs", type=Path, default=Path("runs/convergence"))
+    r.add_argument("--cells", type=Path, default=Path("benchmarks/results/convergence"))
+    p = sub.add_parser("report", help="pool the finished cells over seeds; table, JSON and plot")
+    p.add_argument("--cells", type=Path, default=Path("benchmarks/results/convergence"))
+    p.add_argument("--show", nargs="+", default=["val 1-shot FG", "novel 1-shot FG", "novel 1-shot"])
+    p.add_argument("--out", type=Path)
+    p.add_argument("--plot", type=Path)
+    p.add_argument("--plot-setting", nargs="+", default=["val 1-shot FG", "novel 1-shot FG"])
+    args = ap.parse_args()
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
