@@ -226,7 +226,7 @@ def main() -> None:
     r.add_argument("--dataset", default="glyphs")
     r.add_argument("--modality", default="image", choices=["image", "text"])
     r.add_argument("--methods", nargs="+", default=["none", "srl"], choices=["none", "kd", "rkd", "srl"])
-    r.add_argument("--budgets", type=int, nargs="+", default=[1200, 2400, 4800, 9600, 19200])
+    r.add_argument("--budgets", type=int, nargs="*", default=[1200, 2400, 4800, 9600, 19200])
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--teacher-episodes", type=int, default=2400, help="budget of the teacher the students learn from")
     r.add_argument("--teacher-budgets", type=int, nargs="*", default=[], help="teacher cells to train and score")
