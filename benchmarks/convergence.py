@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cmkd.config import EpisodeConfig, load_config
+from cmkd.config import load_config
 from cmkd.data.device import DeviceData
+from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.registry import load_dataset
 from cmkd.eval.evaluate import episode_list, evaluate_lists
 from cmkd.eval.stats import over_seeds, paired_over_seeds
@@ -40,7 +41,7 @@ from cmkd.train.loop import Trainer
 TEACHER, STUDENT, DISTILLED = "glyphs_teacher", "glyphs_student", "glyphs_distill"
 SETTINGS = {  # label -> (split, evaluation seed, setting)
     f"{split} {shot}-shot{' FG' if fine else ''}": (split, 7 if split == "val" else 2021,
-                                                   EpisodeConfig(5, shot, 15, fine))
+                                                   EpisodeSetting(5, shot, 15, fine))
     for split in ("val", "novel") for shot in (1, 5) for fine in (False, True)}
 
 
@@ -209,6 +210,9 @@ def plot(out: dict, path: Path, settings: list[str]) -> None:
             seeds = max(len(r["seeds"]) for r in rows)
             ax.errorbar(x, y, yerr=ci, marker="o", ms=4, capsize=3, label=f"{role} ({seeds} seeds)")
         ax.set_xscale("log", base=2)
+        budgets = sorted({r["episodes"] for r in out["rows"]})
+        ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
+        ax.minorticks_off()
         ax.set_xlabel("training episodes")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{label}, 5-way, 15 queries", fontsize=10)

@@ -138,7 +138,7 @@ def bench_setting(ds: FewShotDataset, files: list[Path], backbone: str, shot: in
     t0 = time.perf_counter()
     for s in range(warm, warm + steps):
         gen = torch.Generator(device=device).manual_seed(s)
-        trainer.data.images_for(trainer._episode_indices(s).reshape(-1), True, gen)
+        trainer.data.images_for(trainer.schedule.indices(s).reshape(-1), True, gen)
     sync(device)
     data_t = time.perf_counter() - t0
     # the host placement: images stay in a memory map of a prepared cache, gathered per step, prefetched
@@ -151,19 +151,19 @@ def bench_setting(ds: FewShotDataset, files: list[Path], backbone: str, shot: in
         del host, mapped
 
     # (b) conventional: JPEG files decoded by PIL in DataLoader workers, one episode per batch
-    forward = EpisodeForward(trainer.model, way, shot, trainer.precision, device)
+    forward = EpisodeForward(trainer.model, trainer.objective, way, shot, trainer.precision, device)
     opt = trainer.optimizer
 
     def step(batch: torch.Tensor, s: int) -> None:
         x = random_affine(to_float(batch.to(device, non_blocking=True)), torch.Generator(device).manual_seed(s))
-        loss = forward(x, None, 1)[2]
+        loss = trainer.objective(forward(x, None, 1)[2])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     n_conv = args.conventional_episodes or episodes
     loader = torch.utils.data.DataLoader(JpegEpisodes(files, size), num_workers=args.workers,
-                                         batch_sampler=EpisodeBatches(trainer.samplers[0], 0, n_conv + warm),
+                                         batch_sampler=EpisodeBatches(trainer.schedule.samplers[0], 0, n_conv + warm),
                                          pin_memory=device.type == "cuda", persistent_workers=False)
     it = iter(loader)
     for s in range(warm):  # workers started, first batches decoded
@@ -176,7 +176,7 @@ def bench_setting(ds: FewShotDataset, files: list[Path], backbone: str, shot: in
     conv_train = n_conv / (time.perf_counter() - t0)
 
     # evaluation: cmkd embeds the needed images once; the conventional loader decodes per episode
-    eval_eps = trainer.samplers[0].fixed(4 * episodes, 99)
+    eval_eps = trainer.schedule.samplers[0].fixed(4 * episodes, 99)
     truth = episode_labels(way, 15, device)
     model = trainer.model.eval()
     with torch.no_grad():

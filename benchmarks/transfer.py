@@ -9,7 +9,7 @@ student alone). A variant with ``distill.method=none`` trains without the teache
 ``novel`` is for the final table only (``--split val novel`` writes one JSON per split).
 
     .venv/bin/python benchmarks/transfer.py --dataset glyphs --heads protonet --seeds 0 1 2 --split val \\
-        --modalities image text --methods kd srl --variant "srl tau=2: distill.method=srl distill.tau=2" \\
+        --modalities image text --methods kd srl --variant "srl tau=2: distill.method=srl distill.srl.tau=2" \\
         --out /tmp/val.json
 """
 
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from cmkd.config import EpisodeConfig, load_config
+from cmkd.config import load_config
 from cmkd.data.device import DeviceData
+from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.registry import load_dataset
 from cmkd.eval.compare import compare, table, write_json
 from cmkd.runtime import configure_cpu
@@ -105,7 +106,7 @@ def main() -> None:
                     runs.setdefault(label, []).append(trainer.model.eval())
                     seconds[f"{label} s{seed}"] = round(sec, 1)
                     print(f"{label} seed {seed}: best val {100 * trainer.best_acc:.2f}% ({sec:.0f} s)", flush=True)
-    settings = [EpisodeConfig(5, 1, 15, False), EpisodeConfig(5, 1, 15, True)]
+    settings = [EpisodeSetting(5, 1, 15, False), EpisodeSetting(5, 1, 15, True)]
     groups = [f"{h}" if len(args.modalities) == 1 else f"{h} {m}" for h in args.heads for m in args.modalities]
     pairs = [(f"{g}: {m}", f"{g}: student") for g in groups for m in students if m != "student"]
     pairs += [(f"{g.split()[0]}: teacher", f"{g}: student") for g in groups if not args.no_teacher_row]

@@ -31,8 +31,8 @@ def main(out: Path) -> None:
         digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
     rank = trainer.ranks.rank
     (out / f"rank{rank}.json").write_text(json.dumps({
-        "world": trainer.ranks.world, "steps": trainer.steps, "digest": digest.hexdigest(),
-        "episodes_step0": trainer._episode_indices(0).tolist(), "val": [h["val_acc"] for h in trainer.history]}))
+        "world": trainer.ranks.world, "steps": trainer.schedule.steps, "digest": digest.hexdigest(),
+        "episodes_step0": trainer.schedule.indices(0).tolist(), "val": [h["val_acc"] for h in trainer.history]}))
     distributed.teardown()
 
 

@@ -7,14 +7,14 @@ SRC = Path(__file__).parents[1] / "src" / "cmkd"
 
 #: Lowest first. A module belongs to the first layer whose prefix matches its dotted name.
 LAYERS = [
-    ("cmkd.version", "cmkd.errors", "cmkd.config", "cmkd.registry", "cmkd.runtime", "cmkd.distributed"),
+    ("cmkd.version", "cmkd.errors", "cmkd.files", "cmkd.config", "cmkd.registry", "cmkd.runtime", "cmkd.distributed"),
     ("cmkd.data",),
     ("cmkd.models",),
     ("cmkd.losses",),
-    ("cmkd.checkpoint",),
+    ("cmkd.checkpoint", "cmkd.run_folder"),
     ("cmkd.eval",),
     ("cmkd.train",),
-    ("cmkd.predict", "cmkd.demo", "cmkd.api", "cmkd.cli", "cmkd.__main__", "cmkd"),
+    ("cmkd.predict", "cmkd.demo", "cmkd.cli", "cmkd.__main__", "cmkd"),
 ]
 
 
@@ -40,6 +40,46 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("cmkd")}
     return found
+
+
+def test_every_layer_names_existing_modules():
+    modules = {module_name(p) for p in SRC.rglob("*.py")}
+    for prefixes in LAYERS:
+        for prefix in prefixes:
+            assert any(m == prefix or m.startswith(prefix + ".") for m in modules), f"{prefix} does not exist"
+
+
+def registry_calls(path: Path) -> set[str]:
+    """Registries a module resolves (``HEADS.get(...)``, ``BACKBONES.build(...)``): string imports of their targets."""
+    from cmkd import registry
+
+    names = {n for n, v in vars(registry).items() if isinstance(v, registry.Registry)}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "build") \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id in names:
+            found.add(node.func.value.id)
+    return found
+
+
+def test_registry_targets_exist_and_are_resolved_from_their_layer_or_above():
+    """A registry entry is an import by string: its target must exist, and every module that resolves the
+    registry must sit at or above the target's layer (so the string does not hide an upward import)."""
+    import importlib
+
+    from cmkd import registry
+
+    upward = []
+    for path in sorted(SRC.rglob("*.py")):
+        me = module_name(path)
+        for name in registry_calls(path):
+            for entry in getattr(registry, name).entries.values():
+                module, _, attr = entry.target.partition(":")
+                assert hasattr(importlib.import_module(module), attr), f"{entry.target} does not exist"
+                if layer(module) > layer(me):
+                    upward.append(f"{me} (layer {layer(me)}) resolves {name} -> {module} (layer {layer(module)})")
+    assert not upward, "\n".join(upward)
+    assert registry_calls(SRC / "models" / "fewshot.py") >= {"HEADS", "BACKBONES"}, "the test sees registry calls"
 
 
 def test_every_import_points_down_or_sideways():

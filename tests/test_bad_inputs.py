@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import re
 import shutil
@@ -17,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cmkd.checkpoint import RunDirectory
 from cmkd.cli import main
+from cmkd.run_folder import RunDirectory
 from fixtures import make_folder
 
 FAST = ["train.episodes=4", "train.val_every=4", "train.val_episodes=2", "train.val_query=2", "episode.query=2",
@@ -56,7 +57,7 @@ class World:
         files = {}
         for top in (self.runs, self.src, self.data):
             for f in sorted(top.rglob("*")):
-                if f.is_file() and f.name != ".lock":
+                if f.is_file() and not f.name.endswith(".lock"):  # empty lock files hold no data
                     files[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
         return files
 
@@ -85,8 +86,13 @@ def _set_spec(key: str, value) -> Callable[[World], None]:
             for p in path:
                 node = node[p]
             node[last] = value
+            meta.pop("spec_sha256", None)  # as written by cmkd before specs were checksummed
         _edit_json(w.runs / "r" / "best.json", edit)
     return setup
+
+
+def _edit_spec_keeping_checksum(w: World) -> None:
+    _edit_json(w.runs / "r" / "best.json", lambda m: m["spec"].update(image_size=64))
 
 
 def _write(rel: str, content: bytes | str) -> Callable[[World], None]:
@@ -162,6 +168,36 @@ def _other_dataset_run(w: World) -> None:
                  "train.val_episodes=2"]) == 0
 
 
+def _thin_png(w: World) -> None:
+    """A few KB that would resize to 32 x 96M pixels (the resize bomb)."""
+    Image.new("L", (1, 3_000_000), 0).save(w.src / "class 00" / "thin.png")
+
+
+def _nan_tiff(w: World) -> None:
+    Image.fromarray(np.full((32, 32), np.nan, np.float32)).save(w.runs.parent / "nan.tiff")
+    for cls in ("a", "b"):
+        (w.runs.parent / "support" / cls).mkdir(parents=True)
+        Image.fromarray(np.full((32, 32), 40 if cls == "a" else 200, np.uint8)).save(
+            w.runs.parent / "support" / cls / "1.png")
+
+
+def _meta_unknown_split_class(w: World) -> None:
+    _prepared(w)
+    _edit_json(w.data / "good" / "meta.json", lambda m: m["splits"]["novel"].append(99999))
+
+
+def _rechannelled(w: World) -> None:
+    _other_dataset_run(w)  # trained on 3-channel images
+    assert main(["prepare", "folder", "--root", str(w.src), "--size", "16", "--name", "good", "--workers", "1",
+                 "--channels", "1"]) == 0
+
+
+def _corrupt_after_prepare(w: World) -> None:
+    _prepared(w)
+    img = w.src / "class 01" / "img0.png"
+    img.write_bytes(img.read_bytes()[:60])
+
+
 @dataclass
 class Case:
     name: str
@@ -219,7 +255,7 @@ CASES = [
                                                              "/proc/cmkd/ev.json"], r"cannot write to /proc/cmkd"),
     Case("evaluate runs of different datasets", lambda w: ["evaluate", f"a={w.runs / 'r'}",
                                                           f"b={w.runs / 'other'}", "--episodes", "2"],
-         r"b\[0\] was trained on .*'good'.* but a\[0\]", setup=_other_dataset_run),
+         r"b\[0\] was trained on .*/good'.* but a\[0\]", setup=_other_dataset_run),
     Case("distill from a one-modality teacher", lambda w: ["distill", "--teacher", str(w.runs / "r"), "--name", "s",
                                                           R(w), *FAST], r"teacher at .*runs/r sees only image"),
     # -- configs ---------------------------------------------------------------------------------------
@@ -257,6 +293,109 @@ CASES = [
          r"good/images.npy cannot be used", setup=_broken_cache),
     Case("a missing dataset", lambda w: ["train", R(w), "--name", "x", "data.dataset=nowhere", *FAST],
          r"data.dataset='nowhere' is neither 'glyphs' nor a prepared dataset"),
+    # -- the review of 2026-11-30 (B: bad, W: weak): one row per case that ends in an error ------------------
+    Case("B1 a boolean for a whole number", lambda w: ["train", R(w), "--name", "x", *FAST, "train.episodes=true"],
+         r"'train.episodes' takes a whole number, got True"),
+    Case("B2 episode.fine_grained (never read by training)", lambda w: ["train", R(w), "--name", "x", *FAST,
+                                                                        "episode.fine_grained=true"],
+         r"'episode.fine_grained' does not exist: training draws fine-grained episodes with train.fine_grained_share"),
+    Case("B3 train with a teacher configured", lambda w: ["train", "--config", "glyphs_distill", R(w), "--name", "x",
+                                                          *FAST, f"distill.teacher={w.runs / 't'}"],
+         r"'distill.method' is read only by `cmkd distill`"),
+    Case("B6 a spec edited after saving", lambda w: ["evaluate", str(w.runs / "r"), "--episodes", "2"],
+         r"its 'spec' \(the model description\) does not match its checksum", setup=_edit_spec_keeping_checksum),
+    Case("B7 --init from another model", lambda w: ["distill", "--teacher", str(w.runs / "t"), "--init",
+                                                    str(w.runs / "t"), "--name", "s", R(w), *FAST],
+         r"--init: the checkpoint holds another model.*model.modality: 'image\+text' in the checkpoint, 'image'"),
+    Case("B8 a resize bomb in predict", lambda w: ["predict", "--model", str(w.runs / "r"), "--support",
+                                                   str(w.runs.parent / "support"), "--query",
+                                                   str(w.src / "class 00" / "thin.png")],
+         r"thin.png is 1x3000000 pixels: .* over the 16 Mpx budget", setup=lambda w: (_thin_png(w), _nan_tiff(w))),
+    Case("B10 a resize bomb in prepare", lambda w: ["prepare", "folder", "--root", str(w.src), "--size", "16",
+                                                    "--workers", "1"],
+         r"thin.png is 1x3000000 pixels.*--skip-bad", setup=_thin_png),
+    Case("B12 a failed prepare keeps the old cache", lambda w: ["prepare", "folder", "--root", str(w.src), "--size",
+                                                                "16", "--name", "good", "--workers", "1"],
+         r"class 01/img0.png is truncated or corrupt", setup=_corrupt_after_prepare),
+    Case("B15 a teacher and a student pooled as seeds", lambda w: ["evaluate", f"mix={w.runs / 't'},{w.runs / 'r'}",
+                                                                   "--episodes", "2"],
+         r"mix pools .* which are not runs of one method \(differ in model"),
+    Case("W1 a number as a run name", lambda w: ["train", R(w), *FAST, "name=12345"],
+         r"'name' takes text, got 12345; quote it to mean text"),
+    Case("W2 a key given twice in a config file", lambda w: ["train", "--config", str(w.runs.parent / "dup.yaml")],
+         r"dup.yaml is not valid YAML at line 1.*key 'episodes' is given twice",
+         setup=_write("dup.yaml", "train: {episodes: 10, episodes: 20}\n")),
+    Case("W3 a seed past 64 bits", lambda w: ["train", R(w), "--name", "x", *FAST,
+                                              "train.seed=18446744073709551616"], r"'train.seed' must be .* at most"),
+    Case("W4 threads past 32 bits", lambda w: ["train", R(w), "--name", "x", *FAST, "train.threads=4294967296"],
+         r"'train.threads' must be .* at most 1024"),
+    Case("W6 a device that does not exist", lambda w: ["train", R(w), "--name", "x", *FAST, "--device", "foo"],
+         r"--device 'foo' is not a device"),
+    Case("W7 cuda on a CPU torch", lambda w: ["train", R(w), "--name", "x", *FAST, "--device", "cuda"],
+         r"--device cuda: this torch .* sees no CUDA device; use --device cpu"),
+    Case("W8 an embedding of ten billion", lambda w: ["train", R(w), "--name", "x", *FAST,
+                                                      "model.embed_dim=10000000000"], r"'model.embed_dim' must be"),
+    Case("W9 more episodes per step than episodes", lambda w: ["train", R(w), "--name", "x", *FAST,
+                                                               "train.episodes_per_step=100"],
+         r"'train.episodes_per_step' \(100\) is more than train.episodes"),
+    Case("W11 an override that is not YAML", lambda w: ["config", "show", "glyphs_student", "train.lr=[0.1"],
+         r"override 'train.lr=\[0.1': the value is not a YAML scalar"),
+    Case("W12 a YAML tag in an override", lambda w: ["config", "show", "glyphs_student",
+                                                     "name=!!python/object/apply:os.system [x]"],
+         r"override 'name=!!python.*': the value is not a YAML scalar"),
+    Case("W13 a list as the teacher", lambda w: ["distill", "--config", "glyphs_distill", R(w), "--name", "x", *FAST,
+                                                 "distill.teacher=[a,b]"], r"'distill.teacher' takes text"),
+    Case("W14 a run name that is not UTF-8", lambda w: ["train", R(w), "--name", "bad\udcff\udcfename", *FAST],
+         r"is not valid UTF-8 text"),
+    Case("W17 --resume of a run that does not exist", lambda w: ["train", R(w), "--name", "never", "--resume", *FAST],
+         r"--resume: .*never holds no run to resume"),
+    Case("W18 --resume with --overwrite", lambda w: ["train", R(w), "--name", "r", "--resume", "--overwrite", *FAST],
+         r"--resume continues the run and --overwrite replaces it; choose one"),
+    Case("W19 a folder where the lock file goes", lambda w: ["train", R(w), "--name", "lockdir", *FAST],
+         r"lockdir/.lock is a folder, not a lock file", setup=lambda w: (w.runs / "lockdir" / ".lock").mkdir(
+             parents=True)),
+    Case("W20 an image of NaN pixels", lambda w: ["predict", "--model", str(w.runs / "r"), "--support",
+                                                  str(w.runs.parent / "support"), "--query",
+                                                  str(w.runs.parent / "nan.tiff")],
+         r"nan.tiff holds NaN or infinite pixel values", setup=_nan_tiff),
+    Case("W23 meta.json naming a class that does not exist", lambda w: ["train", R(w), "--name", "x",
+                                                                         "data.dataset=good", "data.image_size=16",
+                                                                         *FAST],
+         r"good/meta.json cannot be used .*unknown class indices \[99999\]", setup=_meta_unknown_split_class),
+    Case("W24 splits.json without val", lambda w: ["prepare", "folder", "--root", str(w.src), "--size", "16"],
+         r"the 'val' split has 0 class\(es\)", setup=_splits({"base": [f"class {i:02d}" for i in range(9)],
+                                                               "novel": ["class 09", "class 10", "class 11"]})),
+    Case("W25 a class in two splits", lambda w: ["prepare", "folder", "--root", str(w.src), "--size", "16"],
+         r"class 'class 00' is in both the 'base' and the 'val' split",
+         setup=_splits({"base": ["class 00", "class 01"], "val": ["class 00", "class 02"], "novel": ["class 03"]})),
+    Case("W26 a single group", lambda w: ["prepare", "folder", "--root", str(w.src), "--size", "16"],
+         r"split has 0 class\(es\).*give groups.json at least 3 groups",
+         setup=lambda w: ((w.src / "splits.json").unlink(), (w.src / "groups.json").write_text(
+             json.dumps({f"class {i:02d}": "one" for i in range(12)})))),
+    Case("W27 --size 0", lambda w: ["prepare", "folder", "--root", str(w.src), "--size", "0"],
+         r"--size 0: the image side must be from 8 to 1024"),
+    Case("W28 --size -5", lambda w: ["prepare", "folder", "--root", str(w.src), "--size", "-5"],
+         r"--size -5: the image side must be from 8 to 1024"),
+    Case("W29 --workers -1", lambda w: ["prepare", "folder", "--root", str(w.src), "--size", "16", "--workers", "-1"],
+         r"--workers -1: use from 1 to 256"),
+    Case("W30 --seed -1", lambda w: ["prepare", "folder", "--root", str(w.src), "--size", "16", "--seed", "-1"],
+         r"--seed -1 must be from 0"),
+    Case("W31 --size 100000", lambda w: ["prepare", "folder", "--root", str(w.src), "--size", "100000"],
+         r"--size 100000: the image side must be from 8 to 1024"),
+    Case("W33 evaluate --episodes 0", lambda w: ["evaluate", str(w.runs / "r"), "--episodes", "0"],
+         r"--episodes 0 must be from 1"),
+    Case("W34 an unknown --reference", lambda w: ["evaluate", f"a={w.runs / 'r'}", f"b={w.runs / 't'}",
+                                                  "--reference", "zzz", "--episodes", "2"],
+         r"--reference 'zzz' is none of the methods \(a, b\)"),
+    Case("W35 evaluate --out a folder", lambda w: ["evaluate", str(w.runs / "r"), "--out", str(w.runs)],
+         r"--out .* is a folder; name the results file"),
+    Case("W36 a dataset prepared again with other channels", lambda w: ["evaluate", str(w.runs / "other"),
+                                                                        "--episodes", "2", "--way", "2", "--query",
+                                                                        "1", "--shots", "1"],
+         r"other\[0\] was trained on 3-channel 16px images, but good now has 1-channel", setup=_rechannelled),
+    Case("W39 a teacher of other images", lambda w: ["distill", "--teacher", str(w.runs / "t"), "--name", "s", R(w),
+                                                     "data.dataset=good", "data.image_size=16", *FAST],
+         r"the teacher sees 1-channel 32px images but good has 3-channel 16px images", setup=_prepared),
 ]
 
 
@@ -340,3 +479,138 @@ def test_predict_prints_one_line_per_query_even_with_a_newline_in_a_name(world, 
     assert main(["predict", "--model", str(world.runs / "r"), "--support", str(support), "--query", str(query)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "q\\nx.png" in lines[0]
+
+
+# -- named cases of the 2026-11-30 review that do not fit the table ----------------------------------------------
+
+
+def _train(w: World, name: str, *extra: str) -> int:
+    return main(["train", "--name", name, f"out={w.runs}", *FAST, *extra])
+
+
+@pytest.mark.parametrize("kill", ["between best and last", "after best was moved to best.prev"])
+def test_b4_a_kill_at_a_checkpoint_write_resumes_to_the_uninterrupted_best(world, kill):
+    """best.json is written before last.json, so a kill between them leaves last one validation behind: the
+    resumed run replays that validation and ends with the uninterrupted run's best weights."""
+    assert _train(world, "u", "train.episodes=8") == 0
+    killed = world.runs / "k"
+    shutil.copytree(world.runs / "u", killed)
+    (killed / ".lock").unlink(missing_ok=True)
+    os.replace(killed / "last.prev.json", killed / "last.json")  # last is at step 4, as before the kill
+    if kill != "between best and last":
+        os.replace(killed / "best.json", killed / "best.prev.json")
+    assert _train(world, "k", "train.episodes=8", "--resume") == 0
+    weights = [json.loads((world.runs / r / "best.json").read_text())["weights_sha256"] for r in ("u", "k")]
+    assert weights[0] == weights[1]
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [json.loads(line)["step"] for line in (world.runs / "u" / "metrics.jsonl").read_text()
+                     .splitlines()], "W15: each step is logged once after a resume"
+
+
+@pytest.mark.parametrize("entry", [".lock", "config.json", "metrics.jsonl", "last.json", "best.json"])
+def test_b5_a_link_planted_in_a_run_folder_is_refused_and_its_target_untouched(world, tmp_path, capsys, entry):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (world.runs / "sym").mkdir()
+    (world.runs / "sym" / entry).symlink_to(victim)
+    capsys.readouterr()
+    assert _train(world, "sym") == 2
+    assert f"sym/{entry} is a symbolic link; cmkd does not write through links" in capsys.readouterr().err
+    assert victim.read_text() == "precious"
+
+
+def test_b11_links_planted_in_a_dataset_cache_are_never_written_through(world, tmp_path, capsys):
+    victim, other = tmp_path / "victim.txt", tmp_path / "victim2.txt"
+    victim.write_text("precious")
+    other.write_text("precious too")
+    cache = world.data / "symprep"
+    cache.mkdir()
+    (cache / ".images.npy.tmp").symlink_to(victim)  # the old fixed scratch name
+    (cache / "captions.json").symlink_to(other)
+    argv = ["prepare", "folder", "--root", str(world.src), "--size", "16", "--name", "symprep", "--workers", "1"]
+    assert main(argv) == 2 and "is not a cmkd dataset cache" in capsys.readouterr().err
+    (cache / ".images.npy.tmp").unlink()
+    assert main(argv) == 0  # a cache folder whose captions.json is a link: replaced whole, the link not followed
+    assert victim.read_text() == "precious" and other.read_text() == "precious too"
+    assert not (cache / "captions.json").is_symlink() and json.loads((cache / "captions.json").read_text())["labels"]
+
+
+def test_b13_a_changed_channel_count_rebuilds_the_cache(world):
+    from cmkd.data.cache import load_prepared
+
+    base = ["prepare", "folder", "--root", str(world.src), "--size", "16", "--name", "ch", "--workers", "1"]
+    assert main([*base, "--channels", "3"]) == 0
+    assert main([*base, "--channels", "1"]) == 0
+    assert load_prepared(world.data / "ch").image_shape == (1, 16, 16)
+
+
+def test_b14_two_prepares_of_one_name_at_once_leave_a_consistent_cache(world, tmp_path):
+    """Two processes prepare different trees under one name: the lock serialises them; every row of the final
+    cache is the image of the file its captions.json names."""
+    import subprocess
+    import sys
+
+    from cmkd.data.cache import load_prepared
+    from cmkd.data.images import load_image
+
+    other = tmp_path / "inverted"
+    shutil.copytree(world.src, other)
+    for img in other.rglob("*.png"):
+        Image.fromarray(255 - np.asarray(Image.open(img))).save(img)
+    procs = [subprocess.Popen([sys.executable, "-m", "cmkd", "prepare", "folder", "--root", str(root), "--size", "16",
+                               "--name", "race", "--workers", "1"], env={**os.environ, "CMKD_DATA": str(world.data)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for root in (world.src, other)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+    ds = load_prepared(world.data / "race")
+    for row, file in enumerate(ds.files):
+        assert np.array_equal(ds.images[row].numpy(), load_image(file, 3, 16)), f"row {row} is not {file}"
+    assert not [p for p in world.data.iterdir() if p.name.startswith(".race.prepare")], "no scratch left"
+
+
+def test_w10_a_diverging_run_ends_in_one_line_naming_the_fix(world, capsys, monkeypatch):
+    from cmkd.models.fewshot import FewShotModel
+
+    real = FewShotModel.loss_terms
+    monkeypatch.setattr(FewShotModel, "loss_terms", lambda *a: {k: v * float("nan") for k, v in real(*a).items()})
+    capsys.readouterr()
+    assert _train(world, "div", "train.episodes=8") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "cmkd train: error: loss became nan" in err and "lower train.lr" in err
+
+
+def test_w32_w38_evaluate_counts_identical_weights_once_and_says_when_data_changed(world, tmp_path, capsys):
+    _other_dataset_run(world)
+    img = world.src / "class 01" / "img0.png"
+    Image.fromarray(255 - np.asarray(Image.open(img))).save(img)  # the same name, other content
+    _prepared(world)
+    out = tmp_path / "ev.json"
+    capsys.readouterr()
+    assert main(["evaluate", f"dup={world.runs / 'other'},{world.runs / 'other'}", "--episodes", "2", "--way", "2",
+                 "--query", "1", "--shots", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["runs_per_method"] == {"dup": 1} and "holds the same weights as" in err
+    assert "was trained on other content under the name 'good'" in err
+
+
+def test_b9_w21_w22_a_damaged_minilm_cache_is_recomputed_with_a_warning(tmp_path, monkeypatch, caplog):
+    from safetensors.torch import save_file
+
+    from cmkd.models.text_encoders import MiniLM
+
+    monkeypatch.setenv("CMKD_CACHE", str(tmp_path))
+    texts = ["a bird", "a red bird"]
+    truth = torch.arange(2 * 384, dtype=torch.float32).view(2, 384)
+    monkeypatch.setattr("cmkd.models.text_encoders.encode_minilm", lambda t: truth.clone())
+    enc = MiniLM(out_dim=4)
+    assert torch.equal(enc.prepare(texts), truth)
+    path = MiniLM.cache_path(texts)
+    for damage in (lambda: save_file({"embeddings": torch.zeros(2, 384)}, str(path)),  # B9: well-formed, wrong
+                   lambda: path.write_bytes(path.read_bytes()[:1000]),  # W21: truncated
+                   lambda: save_file({"embeddings": torch.zeros(3, 7)}, str(path))):  # W22: another shape
+        enc.prepare(texts)
+        damage()
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="cmkd"):
+            assert torch.equal(enc.prepare(texts), truth)
+        assert f"MiniLM cache {path} is damaged" in caplog.text

@@ -1,7 +1,8 @@
 import pytest
 
 from cmkd.cli import main
-from cmkd.config import ConfigError, load_config
+from cmkd.config import load_config
+from cmkd.errors import ConfigError
 
 
 def test_unknown_key_names_the_key_and_a_suggestion():

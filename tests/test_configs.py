@@ -5,7 +5,8 @@ import json
 import pytest
 
 from cmkd.cli import main
-from cmkd.config import ConfigError, load_config, shipped_configs
+from cmkd.config import load_config, shipped_configs
+from cmkd.errors import ConfigError
 from fixtures import make_cub
 
 CONFIGS = shipped_configs()

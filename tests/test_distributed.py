@@ -44,12 +44,12 @@ def test_each_rank_takes_its_slot_of_the_single_process_stream(small, fast_cfg):
     ranks = []
     for r in range(2):
         t = Trainer(cfg, small)
-        t.ranks = Ranks(r, 2)
+        t.ranks = t.schedule.ranks = Ranks(r, 2)
         ranks.append(t)
     for step in range(3):
         for r, t in enumerate(ranks):
-            assert np.array_equal(t._episode_indices(step), single._episode_indices(2 * step + r))
-    assert not np.array_equal(ranks[0]._episode_indices(0), ranks[1]._episode_indices(0))
+            assert np.array_equal(t.schedule.indices(step), single.schedule.indices(2 * step + r))
+    assert not np.array_equal(ranks[0].schedule.indices(0), ranks[1].schedule.indices(0))
 
 
 def test_two_rank_training_keeps_ranks_in_sync(tmp_path, glyphs):
@@ -61,12 +61,12 @@ def test_two_rank_training_keeps_ranks_in_sync(tmp_path, glyphs):
     cfg = load_config(base={**WORKER_CONFIG, "out": str(tmp_path)})
     single = Trainer(cfg, subset(glyphs, WORKER_SUBSET, per_class=24))
     for r, report in enumerate(reports):
-        assert np.array_equal(report["episodes_step0"], single._episode_indices(r)), "rank r draws slot r"
+        assert np.array_equal(report["episodes_step0"], single.schedule.indices(r)), "rank r draws slot r"
     meta = json.loads((tmp_path / "ddp" / "last.json").read_text())
     assert meta["world_size"] == 2 and meta["step"] == 4
     assert [h["episodes"] for h in meta["history"]] == [8, 16]
     with pytest.raises(ValueError, match="trained by 2 process"):
-        single.resume()
+        single.state.resume()
 
 
 def test_sharded_evaluation_equals_single_process_per_episode(tmp_path, small, fast_cfg):

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from cmkd.checkpoint import load_checkpoint
-from cmkd.config import ConfigError, EpisodeConfig, load_config
+from cmkd.config import load_config
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.device import DeviceData, choose_placement
+from cmkd.data.episodes import EpisodeSetting
+from cmkd.errors import ConfigError
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.runtime import resolve_precision
 from cmkd.train.loop import Trainer
@@ -41,13 +43,13 @@ def test_mixed_precision_runs_the_encoder_low_and_the_loss_in_fp32(small, fast_c
 def test_fp16_loss_scale_is_checkpointed_and_resumed(small, fast_cfg):
     cfg = fast_cfg(**{"train.precision": "fp16", "train.episodes": 4, "train.val_every": 2, "train.val_episodes": 4})
     trainer = Trainer(cfg, small)
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # not the default 65536
+    trainer.scaler = trainer.state.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # not the default 65536
     trainer.fit(progress=False)
     meta = load_checkpoint(cfg.run_dir / "last.json")[1]
     assert meta["precision"] == "fp16" and meta["grad_scaler"]["scale"] == 1024.0
     resumed = Trainer(cfg, small)
     assert resumed.scaler.get_scale() == 65536.0
-    assert resumed.resume() and resumed.scaler.get_scale() == 1024.0
+    assert resumed.state.resume() and resumed.scaler.get_scale() == 1024.0
 
 
 def test_compiled_forward_trains_like_eager(small, fast_cfg, monkeypatch):
@@ -61,7 +63,7 @@ def test_compiled_forward_trains_like_eager(small, fast_cfg, monkeypatch):
     for step in range(3):
         a, b = eager.train_step(step), compiled.train_step(step)
         assert torch.allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-5), step
-    compiled.save(best=True)  # the checkpoint holds the plain model's weights, no wrapper prefixes
+    compiled.state.save(best=True)  # the checkpoint holds the plain model's weights, no wrapper prefixes
     names = set(load_checkpoint(compiled.run_dir / "best.json")[0])
     assert names and not any("_orig_mod" in n for n in names)
 
@@ -95,13 +97,13 @@ def test_host_placement_trains_bit_identically_with_prefetch(small, memmapped, f
     for k, v in device.model.state_dict().items():
         assert torch.equal(v, host.model.state_dict()[k]), k
     assert [h["val_acc"] for h in host.history] == [h["val_acc"] for h in device.history]
-    assert host.data.host.hits == host.steps - 1, "every step after the first was gathered in the background"
+    assert host.data.host.hits == host.schedule.steps - 1, "every step after the first was gathered in the background"
 
 
 def test_host_placement_evaluates_like_device_placement(small, memmapped, fast_cfg):
     model = Trainer(fast_cfg(), small).model.eval()
     on_device, on_host = DeviceData(small), DeviceData(memmapped, placement="host")
-    eps = episode_list(on_device, "novel", EpisodeConfig(5, 1, 5, False), 30, 3)
+    eps = episode_list(on_device, "novel", EpisodeSetting(5, 1, 5, False), 30, 3)
     assert np.array_equal(evaluate_episodes(model, on_device, eps, 5, 1), evaluate_episodes(model, on_host, eps, 5, 1))
     idx = np.array([5, 1, 5, 9])
     assert torch.equal(on_host.gather(idx), small.images[idx])

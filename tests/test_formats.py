@@ -11,7 +11,7 @@ from cmkd.data.cache import load_prepared, prepare
 from cmkd.data.formats.cub import bird_type, closerlook_split, list_cub
 from cmkd.data.formats.flowers import list_flowers
 from cmkd.data.formats.folder import list_folder
-from cmkd.data.images import ImageError
+from cmkd.errors import ImageError
 from fixtures import CUB_CLASSES, corrupt, make_cub, make_flowers, make_folder
 
 

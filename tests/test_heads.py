@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from cmkd.config import EpisodeConfig, ModelConfig
+from cmkd.config import ModelConfig
+from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.text import Vocab
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.models.backbones import ResNet12, ResNet18
@@ -44,7 +45,7 @@ def test_shapes_for_every_head_backbone_and_role(head, backbone, modality):
     assert emb.shape[-1] == model.out_dim
     scores = model.scores(emb, way, shot)
     assert scores.shape == (episodes, way * query, way)
-    loss = model.loss(scores, emb, way, shot)
+    loss = sum(model.loss_terms(scores, emb, way, shot).values())
     loss.backward()
     assert math.isfinite(loss.item())
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -117,7 +118,7 @@ def test_scores_invariant_to_support_order(head):
 def test_short_run_of_each_head_learns(small, fast_cfg, head):
     cfg = fast_cfg(**{"model.head": head, "train.episodes": 60, "train.val_every": 60})
     trainer = Trainer(cfg, small)
-    eps = episode_list(trainer.data, "novel", EpisodeConfig(5, 1, 5, False), 100, 5)
+    eps = episode_list(trainer.data, "novel", EpisodeSetting(5, 1, 5, False), 100, 5)
     before = evaluate_episodes(trainer.model, trainer.data, eps, 5, 1).mean()
     for step in range(60):
         trainer.train_step(step)
@@ -132,7 +133,8 @@ def test_pretraining_stage_lowers_its_loss(small, fast_cfg):
                       "train.val_every": 2})
     trainer = Trainer(cfg, small)
     trainer.fit(progress=False)
-    assert len(trainer.pretrain_losses) == 2 and trainer.pretrain_losses[1] < trainer.pretrain_losses[0]
+    losses = trainer.state.progress.pretrain_losses
+    assert len(losses) == 2 and losses[1] < losses[0]
     assert np.isfinite(trainer.best_acc)
 
 

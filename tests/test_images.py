@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmkd.data.images import ImageError, load_image, read_caption_file
+from cmkd.data.images import load_image, read_caption_file
+from cmkd.errors import ImageError
 
 
 def _save(img: Image.Image, path, **kw):

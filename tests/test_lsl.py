@@ -8,7 +8,7 @@ import torch
 
 from cmkd.checkpoint import load_checkpoint, load_model, model_state
 from cmkd.cli import main
-from cmkd.config import EpisodeConfig
+from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.text import Vocab
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.models.caption_decoder import BOS, EOS, CaptionDecoder
@@ -53,13 +53,13 @@ def test_lsl_trains_the_decoder_and_the_student_is_evaluated_without_it(small, f
     trainer = Trainer(cfg, small)
     logs = [trainer.train_step(s)["lsl"].item() for s in range(30)]
     assert np.mean(logs[-5:]) < np.mean(logs[:5]), "the caption loss falls"
-    trainer.step = 30
-    trainer.save(best=True)
+    trainer.state.progress.step = 30
+    trainer.state.save(best=True)
     tensors, meta = load_checkpoint(trainer.run_dir / "best.json")
     assert any(k.startswith("lsl.") for k in tensors) and not any(k.startswith("lsl.") for k in model_state(tensors))
     model, _ = load_model(trainer.run_dir)
     assert not hasattr(model, "decoder") and set(model.state_dict()) == set(trainer.model.state_dict())
-    eps = episode_list(trainer.data, "novel", EpisodeConfig(5, 1, 5, False), 20, 0)
+    eps = episode_list(trainer.data, "novel", EpisodeSetting(5, 1, 5, False), 20, 0)
     trainer.model.eval()
     assert np.array_equal(evaluate_episodes(model, trainer.data, eps, 5, 1),
                           evaluate_episodes(trainer.model, trainer.data, eps, 5, 1))

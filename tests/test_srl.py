@@ -5,14 +5,15 @@ import math
 import pytest
 import torch
 
-from cmkd.config import DistillConfig
-from cmkd.losses.methods import loss_settings
+from cmkd.config import Config, DistillConfig, KDConfig, RKDConfig, SRLConfig
+from cmkd.losses.distillation import HintonKD, RelationalKD, SpatialRelation, student_alone
+from cmkd.losses.objective import Objective, Term
 from cmkd.losses.srl import (
-    SRLSettings,
     angle_structure,
     distance_structure,
     relation_kl,
     spatial_relation_loss,
+    srl_terms,
     standardise,
 )
 
@@ -27,10 +28,10 @@ def _smooth_l1(x: float) -> float:
 def test_relation_kl_golden():
     # p_T = softmax([ln 3, 0]) = [3/4, 1/4], p_S = [1/2, 1/2]
     kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert relation_kl(torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3), 0.0]]), 1.0).item() == \
+    assert relation_kl(torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3), 0.0]]), 1.0, "none").item() == \
         pytest.approx(kl, rel=1e-6)
     # with tau = 2 the teacher logits 2 ln 3 give the same p_T; the loss is scaled by tau^2
-    assert relation_kl(torch.tensor([[0.0, 0.0]]), torch.tensor([[2 * math.log(3), 0.0]]), 2.0).item() == \
+    assert relation_kl(torch.tensor([[0.0, 0.0]]), torch.tensor([[2 * math.log(3), 0.0]]), 2.0, "none").item() == \
         pytest.approx(4 * kl, rel=1e-6)
 
 
@@ -55,14 +56,15 @@ def test_srl_is_the_weighted_sum_and_zero_for_equal_relations():
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(2, 10, 6, generator=g)
     scores = torch.randn(2, 5, 5, generator=g)
-    w = SRLSettings(rel=0.5, dist=2.0, angle=3.0, tau=4.0)
+    w = SRLConfig(rel=0.5, dist=2.0, angle=3.0, tau=4.0)
     same = spatial_relation_loss(scores, scores.clone(), emb, emb.clone(), w)
-    assert same["srl"].item() == pytest.approx(0.0, abs=1e-6)
-    other = spatial_relation_loss(scores, torch.randn(2, 5, 5, generator=g), emb,
-                                  torch.randn(2, 10, 9, generator=g), w)
-    total = 0.5 * other["rel"] + 2.0 * other["dist"] + 3.0 * other["angle"]
-    assert other["srl"].item() == pytest.approx(total.item(), rel=1e-6)
-    assert other["srl"].item() > 0
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    t_scores, t_emb = torch.randn(2, 5, 5, generator=g), torch.randn(2, 10, 9, generator=g)
+    other = srl_terms(scores, t_scores, emb, t_emb, w)
+    total = 0.5 * other["srl_rel"] + 2.0 * other["srl_dist"] + 3.0 * other["srl_angle"]
+    assert spatial_relation_loss(scores, t_scores, emb, t_emb, w).item() == pytest.approx(total.item(), rel=1e-6)
+    assert total.item() > 0
+    assert set(srl_terms(scores, t_scores, emb, t_emb, SRLConfig(angle=0.0))) == {"srl_rel", "srl_dist"}
 
 
 def test_structure_terms_are_invariant_to_rescaling_either_embedding():
@@ -82,25 +84,41 @@ def test_gradients_reach_the_student_never_the_teacher():
     t_emb = torch.randn(1, 10, 7, generator=g, requires_grad=True)  # other dimension
     s_scores = torch.randn(1, 5, 5, generator=g, requires_grad=True)
     t_scores = torch.randn(1, 5, 5, generator=g, requires_grad=True)
-    out = spatial_relation_loss(s_scores, t_scores, s_emb, t_emb, SRLSettings(1.0, 1.0, 1.0, 4.0))
-    out["srl"].backward()
+    out = spatial_relation_loss(s_scores, t_scores, s_emb, t_emb, SRLConfig(1.0, 1.0, 1.0, 4.0))
+    out.backward()
     assert s_emb.grad is not None and s_emb.grad.abs().sum() > 0
     assert s_scores.grad is not None and s_scores.grad.abs().sum() > 0
     assert t_emb.grad is None and t_scores.grad is None
 
 
-def test_methods_are_named_settings_of_the_same_terms():
-    assert loss_settings(DistillConfig(method="none")) is None
-    kd = loss_settings(DistillConfig(method="kd", kd_tau=3.0, tau=9.0))
-    assert (kd.rel, kd.dist, kd.angle, kd.tau, kd.standardised, kd.student_view) == (1.0, 0.0, 0.0, 3.0, "none",
-                                                                                     "same")
-    rkd = loss_settings(DistillConfig(method="rkd"))
-    assert (rkd.rel, rkd.dist, rkd.angle, rkd.student_view) == (0.0, 1.0, 2.0, "same")
-    srl = loss_settings(DistillConfig(method="srl", rel=1.0, dist=0.5, angle=0.25, tau=2.0))
-    assert (srl.rel, srl.dist, srl.angle, srl.tau) == (1.0, 0.5, 0.25, 2.0)
-    default = loss_settings(DistillConfig())
-    assert (default.standardised, default.student_view, default.tau) == ("episode", "clean", 1.0)
+def test_methods_name_their_terms_weights_and_view():
+    assert student_alone(DistillConfig(method="none")) is None
+    kd = HintonKD(DistillConfig(method="kd", kd=KDConfig(tau=3.0)))
+    assert (kd.terms, kd.student_view, kd.cfg.tau) == ((Term("kd", 1.0),), "same", 3.0)
+    rkd = RelationalKD(DistillConfig(method="rkd", rkd=RKDConfig(dist=1.0, angle=2.0)))
+    assert (rkd.terms, rkd.student_view) == ((Term("rkd_dist", 1.0), Term("rkd_angle", 2.0)), "same")
+    srl = SpatialRelation(DistillConfig(srl=SRLConfig(rel=1.0, dist=0.5, angle=0.25, tau=2.0)))
+    assert srl.terms == (Term("srl_rel", 1.0), Term("srl_dist", 0.5), Term("srl_angle", 0.25))
+    default = SpatialRelation(DistillConfig())
+    assert (default.cfg.standardise, default.student_view, default.cfg.tau) == ("episode", "clean", 1.0)
     assert DistillConfig().weight == 4.0
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 5, 5, generator=g), torch.randn(2, 5, 5, generator=g)
+    assert kd(s, t, s, t, None)["kd"].item() == pytest.approx(relation_kl(s, t, 3.0, "none").item())
+
+
+def test_objective_sums_named_terms_in_one_place_and_prints_as_one_line():
+    cfg = Config()
+    cfg.model.feat_reg, cfg.lsl.weight, cfg.distill.weight, cfg.distill.warmup = 0.1, 5.0, 4.0, 0.5
+    objective = Objective.build(cfg, "ce", True, False, SpatialRelation(cfg.distill))
+    assert str(objective) == "loss = ce + 0.1·feat_reg + 5·lsl + 4·ramp(t, 0.5)·(srl_rel + srl_dist)"
+    v = {"ce": torch.tensor(1.0), "feat_reg": torch.tensor(2.0), "lsl": torch.tensor(3.0),
+         "srl_rel": torch.tensor(0.5), "srl_dist": torch.tensor(0.25)}
+    # step 10 of 100 with a warm-up over half the steps: ramp = 10 / 50
+    assert objective(v, 10, 100).item() == pytest.approx(1 + 0.2 + 15 + 0.2 * 4 * 0.75)
+    assert objective(v, 80, 100).item() == pytest.approx(1 + 0.2 + 15 + 4 * 0.75)
+    plain = Objective.build(Config(), "nll", False, False, None)
+    assert str(plain) == "loss = nll" and plain.names == ("nll",)
 
 
 def test_standardise_golden_values():
@@ -139,7 +157,7 @@ def test_correct_only_weighs_out_the_queries_the_teacher_gets_wrong():
     t = torch.tensor([[[3.0, 0.0], [3.0, 0.0]]])  # right on query 0 (label 0), wrong on query 1 (label 1)
     labels = torch.tensor([[0, 1]])
     only = relation_kl(s, t, 1.0, "none", weights=(t.argmax(-1) == labels).float())
-    assert only.item() == pytest.approx(relation_kl(s[:, :1], t[:, :1], 1.0).item(), rel=1e-6)
-    w = SRLSettings(rel=1.0, dist=0.0, tau=1.0, standardised="none", correct_only=True)
+    assert only.item() == pytest.approx(relation_kl(s[:, :1], t[:, :1], 1.0, "none").item(), rel=1e-6)
+    w = SRLConfig(rel=1.0, dist=0.0, tau=1.0, standardise="none", correct_only=True)
     emb = torch.zeros(1, 4, 2)
-    assert spatial_relation_loss(s, t, emb, emb, w, labels)["rel"].item() == pytest.approx(only.item())
+    assert srl_terms(s, t, emb, emb, w, labels)["srl_rel"].item() == pytest.approx(only.item())

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from cmkd.eval.stats import betainc, mean_ci, paired_difference, t_two_sided_p
+from cmkd.eval.stats import betainc, mean_ci, paired_over_seeds, t_two_sided_p
 
 
 def test_mean_ci_formula():
@@ -25,19 +25,19 @@ def test_betainc_edges_and_symmetry():
     assert betainc(1, 1, 0.37) == pytest.approx(0.37)
 
 
-def test_paired_difference():
+def test_paired_difference_of_one_run_each_is_the_paired_t_test():
     a = np.array([0.9, 0.8, 1.0, 0.7, 0.9])
     b = np.array([0.8, 0.8, 0.9, 0.6, 0.7])
-    p = paired_difference(a, b)
+    p = paired_over_seeds(a[None], b[None])
     d = a - b
     t = d.mean() / (d.std(ddof=1) / math.sqrt(5))
-    assert p.diff.mean == pytest.approx(d.mean())
-    assert p.t == pytest.approx(t)
+    assert p.mean == pytest.approx(d.mean()) and p.t == pytest.approx(t) and p.dof == pytest.approx(4)
+    assert p.ci95 == pytest.approx(2.7764451 * d.std(ddof=1) / math.sqrt(5), rel=1e-5)  # t(0.975, 4)
     assert 0 < p.p < 0.05
-    same = paired_difference(a, a)
-    assert same.diff.mean == 0 and same.p == 1.0
+    same = paired_over_seeds(a[None], a[None])
+    assert same.mean == 0 and same.p == 1.0
     with pytest.raises(ValueError, match="same episodes"):
-        paired_difference(a, b[:3])
+        paired_over_seeds(a[None], b[None, :3])
 
 
 def test_t_quantile_inverts_the_t_distribution():
@@ -70,9 +70,9 @@ def test_paired_over_seeds_matches_the_paired_t_test_for_one_run_each():
 
     a = np.array([0.9, 0.8, 1.0, 0.7, 0.9])
     b = np.array([0.8, 0.8, 0.9, 0.6, 0.7])
-    one, classic = paired_over_seeds(a[None], b[None]), paired_difference(a, b)
-    assert one.mean == pytest.approx(classic.diff.mean) and one.t == pytest.approx(classic.t)
-    assert one.p == pytest.approx(classic.p, rel=1e-6)
+    one = paired_over_seeds(a[None], b[None])
+    d = a - b
+    assert one.p == pytest.approx(t_two_sided_p(d.mean() / (d.std(ddof=1) / math.sqrt(5)), 4), rel=1e-6)
     noisy = paired_over_seeds(np.stack([a, a - 0.2]), np.stack([b, b + 0.1]))
     assert noisy.p > one.p and noisy.seeds == 4
 

@@ -11,7 +11,7 @@ def test_tokenize_lowercases_and_splits_punctuation():
 
 def test_vocab_from_training_captions_maps_unseen_words_to_unk():
     v = Vocab.build(["latin small letter a", "latin capital letter b"])
-    ids = v.encode("latin small letter omega", 6)
+    ids = v.encode_batch(["latin small letter omega"], 6)[0].tolist()
     assert ids[:3] == [v.index["latin"], v.index["small"], v.index["letter"]]
     assert ids[3] == UNK and ids[4:] == [0, 0]
     assert Vocab.from_dict(v.to_dict()).words == v.words

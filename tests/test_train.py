@@ -7,18 +7,18 @@ import pytest
 import torch
 
 from cmkd.checkpoint import (
-    CheckpointError,
     load_checkpoint,
     load_latest_good,
     load_model,
     model_state,
     save_checkpoint,
 )
-from cmkd.config import EpisodeConfig
 from cmkd.data.device import DeviceData
+from cmkd.data.episodes import EpisodeSetting
+from cmkd.errors import CheckpointError, TrainingDiverged
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.models import inputs
-from cmkd.train.loop import Trainer, TrainingDiverged
+from cmkd.train.loop import Trainer
 from conftest import subset
 
 
@@ -26,7 +26,7 @@ def test_tiny_run_lowers_loss_and_beats_chance(small, fast_cfg):
     cfg = fast_cfg(**{"train.episodes": 60, "train.val_every": 60})
     trainer = Trainer(cfg, small)
     data = trainer.data
-    eps = episode_list(data, "novel", EpisodeConfig(5, 1, 5, False), 100, 11)
+    eps = episode_list(data, "novel", EpisodeSetting(5, 1, 5, False), 100, 11)
     before = evaluate_episodes(trainer.model, data, eps, 5, 1).mean()
     losses = [trainer.train_step(s)["ce"].item() for s in range(60)]
     after = evaluate_episodes(trainer.model, data, eps, 5, 1).mean()
@@ -52,7 +52,7 @@ def test_checkpoint_round_trip(small, fast_cfg, tmp_path):
     assert meta["note"] == "x"
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
-    eps = episode_list(trainer.data, "novel", EpisodeConfig(5, 1, 5, False), 10, 0)
+    eps = episode_list(trainer.data, "novel", EpisodeSetting(5, 1, 5, False), 10, 0)
     trainer.model.eval()
     assert np.array_equal(evaluate_episodes(trainer.model, trainer.data, eps, 5, 1),
                           evaluate_episodes(model, trainer.data, eps, 5, 1))
@@ -103,7 +103,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(small, fast_cfg, tmp_
     monkeypatch.setattr(Trainer, "train_step", real_step)
     resumed = Trainer(fast_cfg(**overrides, name="crashed"), small)
     resumed.fit(resume=True, progress=False)
-    assert resumed.step == straight.step == 30
+    assert resumed.state.progress.step == straight.state.progress.step == 30
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in straight.history]
@@ -124,15 +124,19 @@ def test_nan_loss_stops_with_the_step_and_checkpoint(small, fast_cfg):
 
 def test_distillation_step_runs_with_a_teacher(small, fast_cfg):
     teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
-    student = Trainer(fast_cfg(**{"name": "s", "distill.method": "srl", "distill.angle": 1.0}), small,
+    student = Trainer(fast_cfg(**{"name": "s", "distill.method": "srl", "distill.srl.angle": 1.0}), small,
                       teacher=teacher)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     logs = student.train_step(0)
-    assert {"rel", "dist", "angle", "srl", "ce"} <= set(logs) and logs["srl"] > 0
+    assert {"srl_rel", "srl_dist", "srl_angle", "ce", "loss"} <= set(logs) and logs["srl_rel"] > 0
+    assert str(student.objective) == "loss = ce + 4·(srl_rel + srl_dist + srl_angle)"
+    terms = logs["ce"] + 4 * (logs["srl_rel"] + logs["srl_dist"] + logs["srl_angle"])
+    assert torch.allclose(logs["loss"], terms), "the logged total is the printed objective of the logged terms"
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items()), "teacher must not change"
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters()), "the caller's module untouched"
     # a text student learns from an image+text teacher the same way (the reverse direction)
     text_student = Trainer(fast_cfg(**{"name": "ts", "model.modality": "text"}), small, teacher=teacher)
-    assert text_student.train_step(0)["srl"] > 0
+    assert text_student.train_step(0)["srl_rel"] > 0
 
 
 def test_device_data_mean_caption_embedding(small, fast_cfg):

@@ -12,9 +12,9 @@ import yaml
 from torch import nn
 
 import cmkd
-from cmkd.checkpoint import CheckpointError
 from cmkd.cli import build_parser, main
 from cmkd.config import field_help, load_config
+from cmkd.errors import CheckpointError
 
 FAST = ["train.episodes=20", "train.val_every=10", "train.val_episodes=4", "train.val_query=2", "episode.query=2"]
 
@@ -48,7 +48,7 @@ def test_config_show_keys_and_list(capsys):
     keys = capsys.readouterr().out
     help_ = field_help()
     assert all(text for text in (t for _, t in help_.values())), [k for k, (_, t) in help_.items() if not t]
-    assert "distill.tau" in keys and "temperature" in keys
+    assert "distill.srl.tau" in keys and "temperature" in keys
 
 
 def test_training_writes_metrics_and_a_curve_without_changing_threads(tmp_path, small, fast_cfg):
@@ -95,4 +95,4 @@ def test_public_names_resolve():
     with pytest.raises(AttributeError):
         cmkd.nothing_here  # noqa: B018
     assert np.isfinite(cmkd.spatial_relation_loss(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), torch.rand(1, 4, 3),
-                                                  torch.rand(1, 4, 5), cmkd.SRLSettings())["srl"].item())
+                                                  torch.rand(1, 4, 5), cmkd.SRLConfig()).item())

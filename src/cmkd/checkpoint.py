@@ -1,5 +1,5 @@
-"""Checkpoints and run folders: safetensors weights + JSON metadata, written atomically, checked on
-load; the model a checkpoint describes; exclusive, non-destructive use of a run folder.
+"""The checkpoint file format: safetensors weights + JSON metadata, written atomically, checked on
+load; and the model a checkpoint describes. (Run folders: :mod:`cmkd.run_folder`.)
 
 Nothing is unpickled: a checkpoint is tensors (safetensors) and plain JSON, so loading a
 file someone hands over cannot run code. The JSON carries the SHA-256 of the tensor file;
@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from cmkd.config import ConfigError, ModelConfig, build_section
-from cmkd.errors import CheckpointError, OutputFolderError
+from cmkd.config import ModelConfig, build_section
+from cmkd.errors import CheckpointError, ConfigError
+from cmkd.files import refuse_link, write_atomic
 from cmkd.models.fewshot import FewShotModel
 
 
@@ -32,12 +33,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def spec_digest(spec: dict) -> str:
+    """SHA-256 of a model description (what rebuilds the model): an edited spec no longer matches."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
 def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -83,17 +81,20 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: dict[str, An
         opt_tensors, opt_plain = flatten_optimizer(optimizer.state_dict())
         tensors.update(opt_tensors)
         meta["optimizer"] = opt_plain
-    scratch = base.with_name(f".{base.name}.new.safetensors")
-    _atomic_write_bytes(scratch, lambda tmp: save_file(tensors, str(tmp)))
-    digest = _sha256(scratch)
+    blob = save(tensors)
+    digest = hashlib.sha256(blob).hexdigest()
     weights = base.with_name(f"{base.name}-{digest[:16]}.safetensors")
-    os.replace(scratch, weights)
+    write_atomic(weights, blob)
     meta["weights_sha256"] = digest
     meta["weights_file"] = weights.name
+    if "spec" in meta:
+        meta["spec_sha256"] = spec_digest(meta["spec"])
     info, prev = base.with_suffix(".json"), base.with_name(base.name + ".prev.json")
+    refuse_link(info)
+    refuse_link(prev)
     if info.exists():
         os.replace(info, prev)
-    _atomic_write_bytes(info, lambda tmp: tmp.write_text(json.dumps(meta, indent=1, default=str)))
+    write_atomic(info, json.dumps(meta, indent=1, default=str))
     _drop_unreferenced(base, keep={weights.name, _weights_named_by(prev)})
     return info
 
@@ -136,6 +137,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if _sha256(weights) != meta.get("weights_sha256"):
         raise CheckpointError(f"checkpoint weights {weights} do not match the checksum in {info.name}: the "
                               "file is truncated or was altered; use an earlier checkpoint")
+    if "spec_sha256" in meta and spec_digest(meta.get("spec")) != meta["spec_sha256"]:
+        raise CheckpointError(f"checkpoint {info}: its 'spec' (the model description) does not match its checksum: "
+                              "the file was edited; use an earlier checkpoint")
     try:
         return load_file(str(weights)), meta
     except Exception as err:  # safetensors refuses anything else (a pickle, a torch.save file) without running it
@@ -168,73 +172,6 @@ def state_digest(model: torch.nn.Module) -> str:
 def model_state(tensors: dict[str, torch.Tensor], prefix: str = "model") -> dict[str, torch.Tensor]:
     """The state dict stored under ``prefix`` (the model's; ``"lsl"``: LSL's training-only decoder)."""
     return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-
-
-def ensure_writable_folder(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and check that files can be written there (before any long work)."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".cmkd-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise OutputFolderError(f"cannot write to {folder} ({err.strerror or err}); choose another output "
-                                "location") from None
-    return folder
-
-
-class RunDirectory:
-    """Exclusive use of a run folder: a lock naming the process that holds it (released when the
-    process ends, however it ends), and a refusal to train over an existing run by accident."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._lock = None
-
-    def has_run(self) -> bool:
-        return any((self.path / f).exists() for f in ("last.json", "last.prev.json", "best.json", "best.prev.json"))
-
-    def check(self, resume: bool, overwrite: bool) -> None:
-        """Refuse to start a new run where one exists unless ``resume`` or ``overwrite`` says what to do,
-        or where nothing can be written."""
-        ensure_writable_folder(self.path)
-        if self.has_run() and not resume and not overwrite:
-            raise OutputFolderError(f"{self.path} already holds a run; pass --resume to continue it, --overwrite to "
-                                 "replace it, or choose another name (--name)")
-
-    def acquire(self) -> None:
-        import fcntl
-
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock = open(self.path / ".lock", "a+")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            lock.close()
-            raise OutputFolderError(f"{self.path} is in use by process {holder} (lock {self.path / '.lock'}); wait for "
-                                 "it to finish or choose another name (--name)") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        self._lock = lock
-
-    def clear(self) -> None:
-        """Remove the checkpoints of the run this folder holds (``--overwrite``)."""
-        for f in self.path.iterdir():
-            if f.name.startswith(("last", "best")) and f.suffix in (".json", ".safetensors") or \
-                    f.name in ("config.json", "metrics.jsonl"):
-                f.unlink()
-
-    def release(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # closing drops the flock
-            self._lock = None
-
-
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[FewShotModel, dict]:
@@ -283,26 +220,3 @@ def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, path: Pa
     model = FewShotModel.from_spec(spec)
     model.load_state_dict(model_state(tensors))
     return model
-
-
-def repair_best(run_dir: Path, best_acc: float) -> tuple[float, str | None]:
-    """After a crash ``best.json`` may name damaged weights: fall back to ``best.prev.json`` (and its
-    accuracy), or drop it so the next validation writes a new best. Returns the best accuracy to
-    continue from and a note of what was done (None when nothing was wrong)."""
-    best = run_dir / "best.json"
-    if not best.exists():
-        return best_acc, None
-    try:
-        load_checkpoint(best)
-        return best_acc, None
-    except CheckpointError:
-        pass
-    prev = run_dir / "best.prev.json"
-    try:
-        _, prev_meta = load_checkpoint(prev)
-    except CheckpointError:
-        best.unlink()
-        return -1.0, "best.json was damaged and best.prev.json unusable; the next validation writes a new best"
-    os.replace(prev, best)
-    acc = min(best_acc, prev_meta.get("best_acc", -1.0))
-    return acc, f"best.json was damaged; restored best.prev.json (val accuracy {acc:.4f})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from collections.abc import Sequence
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from cmkd.config import CHOICES, Config, DataConfig, EpisodeConfig, check_name, load_config
+from cmkd.config import SPLITS, Config, DataConfig, check_name, choices, load_config
+from cmkd.data.episodes import EpisodeSetting
 from cmkd.errors import USER_ERRORS, ConfigError, DatasetError, ImageError
-from cmkd.registry import METHODS
 
 #: Command-line flags that set a config field: flag attribute -> dotted key.
 CONFIG_FLAGS = {"name": "name", "modality": "model.modality", "method": "distill.method",
@@ -24,7 +25,7 @@ def _config(args: argparse.Namespace) -> Config:
     """The effective config: defaults < ``--config`` file < flags the user typed < ``key=value``."""
     flags = {key: str(getattr(args, attr)) for attr, key in CONFIG_FLAGS.items()
              if getattr(args, attr, None) is not None}
-    return load_config(args.config, args.overrides, flags=flags)
+    return load_config(args.config, args.overrides, flags=flags, command=args.command)
 
 
 def _print_config(cfg: Config) -> None:
@@ -32,10 +33,22 @@ def _print_config(cfg: Config) -> None:
 
 
 def _report(trainer) -> None:
-    cfg = trainer.cfg
+    cfg, e = trainer.cfg, trainer.cfg.episode
     if trainer.ranks.main:
-        print(f"best val accuracy {100 * trainer.best_acc:.2f}% ({cfg.episode.label()}); weights in {cfg.run_dir}"
+        print(f"best val accuracy {100 * trainer.best_acc:.2f}% ({e.way}-way {e.shot}-shot); weights in {cfg.run_dir}"
               + (f" ({trainer.ranks.world} processes)" if trainer.ranks.world > 1 else ""))
+
+
+def _check_run_folder(cfg: Config, args: argparse.Namespace) -> None:
+    from cmkd.run_folder import RunDirectory
+
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run and --overwrite replaces it; choose one")
+    folder = RunDirectory(cfg.run_dir)
+    if args.resume and not folder.has_run():
+        raise ConfigError(f"--resume: {cfg.run_dir} holds no run to resume (check --name and out=); drop --resume "
+                          "to start a new run")
+    folder.check(args.resume, args.overwrite)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -43,12 +56,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.print_config:
         return _print_config(cfg)
     from cmkd import distributed
-    from cmkd.checkpoint import RunDirectory
     from cmkd.data.registry import load_dataset
     from cmkd.runtime import configure_cpu
     from cmkd.train.loop import Trainer
 
-    RunDirectory(cfg.run_dir).check(args.resume, args.overwrite)  # before any data is loaded
+    _check_run_folder(cfg, args)  # before any data is loaded
     configure_cpu(cfg.train.threads)
     trainer = Trainer(cfg, load_dataset(cfg.data), distributed.setup(args.device))
     trainer.fit(resume=args.resume, overwrite=args.overwrite)
@@ -60,7 +72,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     if args.print_config:
         return _print_config(cfg)
     from cmkd import distributed
-    from cmkd.checkpoint import RunDirectory, load_model
+    from cmkd.checkpoint import load_model
     from cmkd.data.registry import load_dataset
     from cmkd.runtime import configure_cpu
     from cmkd.train.loop import Trainer
@@ -69,7 +81,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         raise ConfigError("distill needs a teacher: pass --teacher RUN or set distill.teacher in the config")
     if cfg.model.modality == "image+text":
         raise ConfigError("model.modality: a distilled student sees one modality; use image or text")
-    RunDirectory(cfg.run_dir).check(args.resume, args.overwrite)  # before the teacher and data are loaded
+    _check_run_folder(cfg, args)  # before the teacher and data are loaded
     configure_cpu(cfg.train.threads)
     device = distributed.setup(args.device)
     teacher, meta = load_model(cfg.distill.teacher, device)
@@ -84,30 +96,37 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from cmkd import distributed
-    from cmkd.checkpoint import ensure_writable_folder, load_model
+    from cmkd.checkpoint import load_model
     from cmkd.data.device import DeviceData
     from cmkd.data.registry import load_dataset
     from cmkd.eval.compare import compare, table, write_json
+    from cmkd.run_folder import ensure_writable_folder
     from cmkd.runtime import configure_cpu, resolve_precision
 
     configure_cpu()
+    _check_evaluate_args(args)
     ensure_writable_folder(args.out.parent)  # before any model is scored
     device = distributed.setup(args.device)
-    models, metas = {}, {}
+    models, metas, notes = {}, {}, []
     for spec in args.runs:
         name, _, paths = spec.partition("=") if "=" in spec else (Path(spec).name, "", spec)
-        loaded = [load_model(p, device) for p in paths.split(",") if p]
+        loaded = [(p, *load_model(p, device)) for p in paths.split(",") if p]
         if not loaded:
             raise ConfigError(f"evaluate: {spec!r} names no run; write NAME=RUN[,RUN...]")
         if name in models:
             raise ConfigError(f"evaluate: the method name {name!r} is given twice; name each method once "
                               "(several runs of one method: NAME=RUN1,RUN2)")
-        models[name] = [m for m, _ in loaded]
-        metas.update({f"{name}[{i}]": meta for i, (_, meta) in enumerate(loaded)})
+        loaded = _distinct_runs(name, loaded, notes)
+        models[name] = [m for _, m, _ in loaded]
+        metas.update({f"{name}[{i}]": meta for i, (_, _, meta) in enumerate(loaded)})
+    if args.reference is not None and args.reference not in models:
+        raise ConfigError(f"evaluate: --reference {args.reference!r} is none of the methods ({', '.join(models)})")
     data_cfg = _shared_data(metas)
-    data = DeviceData(load_dataset(data_cfg), device, args.placement)
+    dataset = load_dataset(data_cfg)
+    notes += _dataset_changes(dataset, metas)
+    data = DeviceData(dataset, device, args.placement)
     shots = args.shots or [1, 5]
-    settings = [EpisodeConfig(args.way, s, args.query, fg) for fg in (False, True) for s in shots]
+    settings = [EpisodeSetting(args.way, s, args.query, fg) for fg in (False, True) for s in shots]
     if not args.fine_grained:
         settings = [s for s in settings if not s.fine_grained]
     names = list(models)
@@ -117,18 +136,86 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                      data_cfg.eval_captions == "mean", ranks.main, precision)
     result["precision"], result["processes"] = precision, ranks.world
     result["checkpoints"] = {run: meta["loaded_from"] for run, meta in metas.items()}  # .prev when it fell back
+    result["notes"] = notes
     if not ranks.main:
         return
     out = write_json(result, args.out)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     print(table(result))
     print(f"\nresults: {out}")
 
 
+def _check_evaluate_args(args: argparse.Namespace) -> None:
+    for flag, value, low, high in (("--episodes", args.episodes, 1, 100000), ("--way", args.way, 2, 10**6),
+                                   ("--query", args.query, 1, 10**6), ("--seed", args.seed, 0, 2**31 - 1),
+                                   *(("--shots", s, 1, 10**6) for s in args.shots or [])):
+        if not low <= value <= high:
+            raise ConfigError(f"evaluate: {flag} {value} must be from {low} to {high}")
+    if args.out.is_dir():
+        raise ConfigError(f"evaluate: --out {args.out} is a folder; name the results file "
+                          f"(e.g. {args.out / 'evaluation.json'})")
+
+
+def _role(meta: dict) -> dict:
+    """What makes runs comparable as seeds of one method: the model, the distillation and the data."""
+    cfg = meta.get("config", {})
+    distilled = meta.get("teacher_sha256") is not None
+    return {"model": meta.get("spec", {}).get("model"), "in": [meta.get("spec", {}).get(k) for k in
+                                                               ("in_channels", "image_size")],
+            "method": cfg.get("distill", {}).get("method") if distilled else "none",
+            "lsl": cfg.get("lsl", {}).get("weight", 0.0), "data": cfg.get("data", {}).get("dataset")}
+
+
+def _distinct_runs(name: str, loaded: list, notes: list[str]) -> list:
+    """The runs of one method: refused when they differ in model, method or data; identical weights once."""
+    first_path, _, first = loaded[0]
+    out, seen = [], {}
+    for path, model, meta in loaded:
+        if _role(meta) != _role(first):
+            diff = {k: (v, _role(meta)[k]) for k, v in _role(first).items() if _role(meta)[k] != v}
+            raise ConfigError(f"evaluate: {name} pools {first_path} and {path}, which are not runs of one method "
+                              f"(differ in {', '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in diff.items())}); "
+                              "give each its own NAME=")
+        weights = meta.get("weights_sha256")
+        if weights in seen:
+            notes.append(f"{name}: {path} holds the same weights as {seen[weights]}; counted once")
+            continue
+        seen[weights] = path
+        out.append((path, model, meta))
+    return out
+
+
+def _dataset_changes(dataset, metas: dict[str, dict]) -> list[str]:
+    """Notes for runs trained on other content under the dataset's name; runs that cannot read its images
+    (another channel count or size) are refused."""
+    c, h, _ = dataset.image_shape
+    for run, m in metas.items():
+        spec = m.get("spec", {})
+        if "image" in spec.get("model", {}).get("modality", "") and (spec.get("in_channels"), spec.get("image_size")) \
+                != (c, h):
+            raise ConfigError(f"evaluate: {run} was trained on {spec.get('in_channels')}-channel "
+                              f"{spec.get('image_size')}px images, but {dataset.name} now has {c}-channel {h}px "
+                              "images (prepared again?); prepare it as the run was trained, or retrain")
+    digest = dataset.content_digest()
+    return [f"{run} was trained on other content under the name {dataset.name!r} (the dataset was prepared "
+            "again since); its scores are on today's data" for run, m in metas.items()
+            if m.get("dataset_sha256") not in (None, digest)]
+
+
 def _shared_data(metas: dict[str, dict]) -> DataConfig:
-    """The data config every run was trained on; refuses runs of different datasets, image sizes or text."""
+    """The data config every run was trained on; refuses runs of different datasets, image sizes, channels or
+    text (datasets compared by the folder they resolve to)."""
+    from cmkd.data.registry import resolve
+
     keys = ("dataset", "image_size", "captions")
-    seen = {run: {k: m["config"]["data"].get(k, DataConfig.captions if k == "captions" else None) for k in keys}
-            for run, m in metas.items()}
+    seen = {}
+    for run, m in metas.items():
+        d = {k: m["config"]["data"].get(k, DataConfig.captions if k == "captions" else None) for k in keys}
+        folder = resolve(d["dataset"]) if d["dataset"] != "glyphs" else None
+        d["dataset"] = str(folder.resolve()) if folder is not None else d["dataset"]
+        d["channels"] = m.get("spec", {}).get("in_channels")
+        seen[run] = d
     first_run, first = next(iter(seen.items()))
     for run, data in seen.items():
         if data != first:
@@ -192,15 +279,17 @@ def _printable(text: str) -> str:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from cmkd.checkpoint import ensure_writable_folder
     from cmkd.data.cache import prepare
     from cmkd.data.formats.cub import list_cub
     from cmkd.data.formats.flowers import list_flowers
     from cmkd.data.formats.folder import list_folder
     from cmkd.data.registry import data_home
+    from cmkd.run_folder import ensure_writable_folder
 
     if args.name is not None:
         check_name(args.name, "--name")
+    if not 0 <= args.seed <= 2**31 - 1:
+        raise ConfigError(f"--seed {args.seed} must be from 0 to {2**31 - 1}")
     ensure_writable_folder(args.out.parent if args.out else data_home())  # before decoding
     if args.format == "cub":
         listing = list_cub(args.root, args.captions, args.crop, args.split_file, args.skip_bad)
@@ -287,7 +376,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 EPILOG = """examples:
   cmkd train --config glyphs_teacher                         # a shipped config, by name
-  cmkd train --config glyphs_student train.episodes=300 distill.tau=8
+  cmkd train --config glyphs_student train.episodes=300 train.lr=0.001
   cmkd distill --config glyphs_distill --teacher runs/glyphs_teacher --modality text
   cmkd config show glyphs_teacher train.lr=0.01              # the effective config
   cmkd evaluate student=runs/s0,runs/s1,runs/s2 srl=runs/d0,runs/d1,runs/d2 --fine-grained
@@ -315,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", help="YAML config: a path or a shipped name (cmkd config list); flags and "
                         "key=value win over it")
         sp.add_argument("--name", help="run name: weights go to <out>/<name> (sets name)")
-        sp.add_argument("--modality", choices=CHOICES["model.modality"], help="sets model.modality")
+        sp.add_argument("--modality", choices=choices("model.modality"), help="sets model.modality")
         sp.add_argument("--resume", action="store_true", help="continue from <run>/last.json")
         sp.add_argument("--overwrite", action="store_true", help="replace the run this name already holds")
         sp.add_argument("--print-config", action="store_true",
@@ -331,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = add("distill", "train a one-modality student with its loss + lambda * SRL from a teacher")
     common(d)
     d.add_argument("--teacher", help="teacher run directory or checkpoint (sets distill.teacher)")
-    d.add_argument("--method", choices=METHODS.names, help="sets distill.method")
+    d.add_argument("--method", choices=choices("distill.method"), help="sets distill.method")
     d.add_argument("--init", type=Path, help="start the student from this checkpoint")
     d.set_defaults(func=cmd_distill)
 
@@ -339,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("runs", nargs="+", metavar="[NAME=]RUN[,RUN...]",
                    help="run directories or checkpoints; several runs of one method (training seeds) separated by "
                         "commas are pooled: mean and interval over runs and episodes")
-    e.add_argument("--split", default="novel", choices=["base", "val", "novel"], help="classes the episodes use")
+    e.add_argument("--split", default="novel", choices=SPLITS, help="classes the episodes use")
     e.add_argument("--episodes", type=int, default=600, help="fixed episodes per setting")
     e.add_argument("--seed", type=int, default=2021, help="seed of the fixed episode list")
     e.add_argument("--way", type=int, default=5, help="classes per episode")
@@ -349,9 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--reference", help="paired differences against this method (none: the first)")
     e.add_argument("--out", type=Path, default=Path("runs/evaluation.json"), help="results JSON")
     e.add_argument("--device", help="cpu, cuda, ... (none: cuda if available)")
-    e.add_argument("--precision", choices=CHOICES["train.precision"], default="fp32",
+    e.add_argument("--precision", choices=choices("train.precision"), default="fp32",
                    help="encoder precision (auto = bf16 on GPUs)")
-    e.add_argument("--placement", choices=CHOICES["data.placement"], default="auto",
+    e.add_argument("--placement", choices=choices("data.placement"), default="auto",
                    help="where the images live (see data.placement)")
     e.set_defaults(func=cmd_evaluate)
 
@@ -398,7 +487,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_messages() -> None:
+    """The library logs to the ``cmkd`` logger and leaves handlers to its user; the command line shows
+    its messages (the objective, resumes, recoveries) on stderr, one plain line each."""
+    log = logging.getLogger("cmkd")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _show_messages()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow a flag (`... --resume train.episodes=900`)

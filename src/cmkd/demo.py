@@ -14,18 +14,20 @@ import shutil
 import time
 from pathlib import Path
 
-from cmkd.config import Config, EpisodeConfig, load_config
+from cmkd.config import Config, load_config
 from cmkd.data.device import DeviceData
+from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.registry import load_dataset
 from cmkd.eval.compare import compare, table, write_json
 from cmkd.eval.evaluate import episode_list
 from cmkd.eval.plots import plot_relations, plot_val_curves
+from cmkd.files import write_atomic
 from cmkd.runtime import provenance_line
 from cmkd.train.loop import Trainer
 
 #: Evaluation: 600 fixed novel episodes per setting, 15 queries per class, the same for every run.
-SETTINGS = [EpisodeConfig(5, 1, 15, False), EpisodeConfig(5, 5, 15, False),
-            EpisodeConfig(5, 1, 15, True), EpisodeConfig(5, 5, 15, True)]
+SETTINGS = [EpisodeSetting(5, 1, 15, False), EpisodeSetting(5, 5, 15, False),
+            EpisodeSetting(5, 1, 15, True), EpisodeSetting(5, 5, 15, True)]
 SPLIT, EPISODES, SEED = "novel", 600, 2021
 QUICK = ["train.episodes=40", "train.val_every=20", "train.val_episodes=20"]
 
@@ -84,7 +86,7 @@ def run_demo(out: Path = Path("runs/demo"), quick: bool = False, with_baselines:
     plot_val_curves(histories, out / "val_curves.png", "validation accuracy, 5-way 1-shot val episodes")
     fg = SETTINGS[2]
     one = episode_list(data, SPLIT, fg, 1, SEED)[0]
-    srl = configs["image student + SRL"].distill
+    srl = configs["image student + SRL"].distill.srl
     shown = [n for n in ("teacher (image+text)", "image student", "image student + KD", "image student + SRL")
              if n in trained]
     plot_relations({n: trained[n] for n in shown}, data, one, fg.way, fg.shot, out / "relations.png",
@@ -103,7 +105,8 @@ def _write_report(path: Path, result: dict, quick: bool) -> None:
     runs = result["runs"]
     teacher = runs["teacher (image+text)"]["config"]
     student = runs["image student"]["config"]
-    srl = runs["image student + SRL"]["config"]["distill"]
+    distill = runs["image student + SRL"]["config"]["distill"]
+    srl = distill["srl"]
     t = student["train"]
     view = "the teacher's clean inputs" if srl["student_inputs"] == "clean" else "its own training view"
     lines = [
@@ -119,8 +122,8 @@ def _write_report(path: Path, result: dict, quick: bool) -> None:
         f"schedule, best of {t['val_episodes']} fixed val episodes every {t['val_every']}.",
         f"Teacher: image + text, {teacher['model']['fusion']} fusion, {teacher['train']['episodes']} episodes. "
         f"SRL: relation term on {srl['standardise']}-standardised scores at tau={srl['tau']} (weight {srl['rel']}) "
-        f"+ distance structure (weight {srl['dist']}), lambda={srl['weight']}, the student's side computed on "
-        f"{view}; KD: Hinton KD on raw episode logits at tau={srl['kd_tau']}, on the student's training view.",
+        f"+ distance structure (weight {srl['dist']}), lambda={distill['weight']}, the student's side computed on "
+        f"{view}; KD: Hinton KD on raw episode logits at tau={distill['kd']['tau']}, on the student's training view.",
         f"Evaluation: {result['episodes']} fixed {result['split']} episodes per setting (seed {result['seed']}), "
         f"the same for every method; {result['ci']}. One training seed: the intervals cover the episodes, "
         "not training randomness (benchmarks/RESULTS.md has three seeds).",
@@ -145,4 +148,4 @@ def _write_report(path: Path, result: dict, quick: bool) -> None:
         "",
         "Per-episode accuracies and full configs: `results.json`.",
     ]
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n", sync=False)

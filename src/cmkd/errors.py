@@ -22,5 +22,10 @@ class OutputFolderError(RuntimeError):
     """An output folder cannot be used: it holds another run, another process uses it, or it is not writable."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says where and what to lower."""
+
+
 #: What ``cmkd`` reports as a one-line error.
-USER_ERRORS = (ConfigError, DatasetError, ImageError, CheckpointError, OutputFolderError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, ImageError, CheckpointError, OutputFolderError, TrainingDiverged,
+               FileNotFoundError)

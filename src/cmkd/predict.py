@@ -1,6 +1,6 @@
 """One-shot inference: a trained student classifies new images from a few labelled examples.
 
-    clf = OneShotClassifier.load("runs/demo/student_SRL")
+    clf = OneShotClassifier.load("runs/demo/image_student_SRL")
     clf.fit(["support/a/1.png", "support/b/1.png"], ["a", "b"])
     clf.predict(["query.png"])            # -> ["a"]
 
@@ -19,7 +19,8 @@ import torch
 from cmkd.checkpoint import load_model
 from cmkd.data.augment import to_float
 from cmkd.data.formats.folder import class_folders
-from cmkd.data.images import ImageError, load_image, read_caption_file
+from cmkd.data.images import load_image, read_caption_file
+from cmkd.errors import ImageError
 
 Captions = str | Sequence[str]  # one caption, or several whose embeddings are averaged
 

@@ -40,9 +40,6 @@ class Registry:
     def build(self, name: str, **kwargs: Any) -> Any:
         return self.get(name)(**kwargs)
 
-    def describe(self) -> str:
-        return "; ".join(f"{n}: {e.help}" for n, e in self.entries.items())
-
 
 #: Few-shot heads; built as ``cls.from_config(cfg, dim=..., map_shape=...)``.
 HEADS = Registry("few-shot head", {
@@ -73,10 +70,10 @@ FUSIONS = Registry("fusion", {
     "late": Entry("cmkd.models.fusion:LateFusion", "scaled side by side: a late fusion of relation scores"),
 })
 
-#: Distillation methods; called with the ``DistillConfig`` and return the loss settings (or None).
+#: Distillation methods; called with the ``DistillConfig``, they return a method (or None: the student alone).
 METHODS = Registry("distillation method", {
-    "none": Entry("cmkd.losses.methods:student_alone", "the student alone (cross-entropy only)"),
-    "kd": Entry("cmkd.losses.methods:hinton_kd", "Hinton et al. 2015: KL of softened episode logits"),
-    "rkd": Entry("cmkd.losses.methods:relational_kd", "Park et al. 2019: distance + angle structure"),
-    "srl": Entry("cmkd.losses.methods:spatial_relation", "the Spatial Relation Loss (Zhao et al. 2021)"),
+    "none": Entry("cmkd.losses.distillation:student_alone", "the student alone (its own loss only)"),
+    "kd": Entry("cmkd.losses.distillation:HintonKD", "Hinton et al. 2015: KL of softened episode logits"),
+    "rkd": Entry("cmkd.losses.distillation:RelationalKD", "Park et al. 2019: distance + angle structure"),
+    "srl": Entry("cmkd.losses.distillation:SpatialRelation", "the Spatial Relation Loss (Zhao et al. 2021)"),
 })

@@ -8,11 +8,14 @@ import os
 import platform
 import subprocess
 import zlib
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from cmkd.errors import ConfigError
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
@@ -47,9 +50,20 @@ def seed_for(seed: int, purpose: str, index: int = 0) -> int:
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device named (``cpu``, ``cuda``, ``cuda:1``), checked to exist here; by default CUDA when available."""
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA device; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: cmkd runs on cpu or cuda")
+    return device
 
 
 def source_commit(package_dir: str | Path | None = None) -> str | None:
@@ -128,3 +142,16 @@ def provenance_line(p: dict[str, str | None]) -> str:
     commit = f" (commit {p['git_commit'][:12]}{'-dirty' if p['git_commit'].endswith('-dirty') else ''})" \
         if p.get("git_commit") else ""
     return f"cmkd {p['cmkd']}{commit}, torch {p['torch']}, Python {p['python']}, {p['device']}"
+
+
+@contextlib.contextmanager
+def forked_rng(device: torch.device, seed: int | None = None, state: torch.Tensor | None = None) -> Iterator[None]:
+    """torch's global RNG seeded with ``seed`` (or set to the CPU ``state``) inside the block, and the
+    caller's RNG state restored after it: the library draws reproducibly and leaves the process as it was."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        if state is not None:
+            torch.set_rng_state(state)
+        else:
+            torch.manual_seed(seed)
+        yield

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from cmkd.errors import DatasetError  # noqa: F401  (re-exported)
-
-SPLITS = ("base", "val", "novel")
-
-
+from cmkd.data.text import Vocab
+from cmkd.errors import DatasetError
 
 
 @dataclass
@@ -21,8 +20,8 @@ class FewShotDataset:
     """Every sample of a dataset, held as tensors that move to the training device once.
 
     ``images`` is uint8 ``[N, C, H, W]``; ``labels`` int64 ``[N]`` (global class index);
-    ``captions[i]`` the text descriptions of sample ``i`` (several per sample for CUB,
-    the Unicode name for glyphs); ``groups[c]`` the fine-grained group of class ``c``;
+    ``captions[i]`` the text descriptions of sample ``i`` (ten per image for CUB and for
+    the glyphs' generated descriptions); ``groups[c]`` the fine-grained group of class ``c``;
     ``splits`` maps 'base'/'val'/'novel' to class indices.
     """
 
@@ -69,12 +68,29 @@ class FewShotDataset:
         mask = np.isin(self.labels.numpy(), self.split_classes(split))
         return np.flatnonzero(mask)
 
+    def base_vocabulary(self) -> Vocab:
+        """The words of the base split's captions: what a text model may learn (val and novel text unseen)."""
+        base = set(self.split_classes("base"))
+        labels = self.labels.tolist()
+        return Vocab.build(c for i, caps in enumerate(self.captions) if labels[i] in base for c in caps)
+
     def with_class_name_captions(self) -> FewShotDataset:
         """A copy whose only caption per sample is its class name ("001.Black_footed_Albatross" ->
         "black footed albatross"): text that names the class, the oracle setting."""
         names = [re.sub(r"^\d+[.\s_-]*", "", n).replace("_", " ").lower() for n in self.class_names]
         return dataclasses.replace(self, captions=[(names[c],) for c in self.labels.tolist()],
                                    meta={**self.meta, "captions": "class names"})
+
+    def content_digest(self) -> str:
+        """SHA-256 of what a model learns from: classes, splits, labels, captions and every image's pixels.
+        Stored in checkpoints, so a dataset re-prepared with other content under the same name is noticed."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.class_names, self.groups, self.splits, self.captions]).encode())
+        h.update(np.ascontiguousarray(self.labels.numpy()).data)
+        images = np.ascontiguousarray(self.images.numpy())
+        for start in range(0, len(images), 4096):
+            h.update(images[start:start + 4096].data)
+        return h.hexdigest()
 
     def summary(self) -> dict:
         counts = np.bincount(self.labels.numpy(), minlength=self.num_classes)

@@ -24,10 +24,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from cmkd.config import ConfigError
 from cmkd.data.augment import random_affine, to_float
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.text import CaptionTable
+from cmkd.errors import ConfigError
 
 Indices = np.ndarray | torch.Tensor
 

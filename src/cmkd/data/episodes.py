@@ -12,7 +12,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cmkd.config import ConfigError
+from cmkd.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EpisodeSetting:
+    """The shape of evaluation episodes: ``way`` classes, ``shot`` support and ``query`` queries per class,
+    all classes from one group when ``fine_grained``."""
+
+    way: int
+    shot: int
+    query: int
+    fine_grained: bool = False
+
+    def label(self) -> str:
+        return f"{self.way}-way {self.shot}-shot{' fine-grained' if self.fine_grained else ''}"
 
 
 @dataclass(frozen=True)
@@ -64,7 +78,9 @@ class EpisodeSampler:
         if short:
             listed = ", ".join(f"'{n}' ({k} images)" for n, k in short[:5])
             raise ConfigError(f"shot+query={need} but {len(short)} class(es) of the {split} split have fewer "
-                             f"images: {listed}{' ...' if len(short) > 5 else ''}; lower shot or query")
+                             f"images: {listed}{' ...' if len(short) > 5 else ''}; lower the shot or the queries "
+                             "(training: episode.shot, episode.query; validation: train.val_query; cmkd evaluate: "
+                             "--shots, --query)")
         self.group_classes: list[np.ndarray] = []
         if fine_grained:
             if groups is None:

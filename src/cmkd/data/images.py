@@ -15,16 +15,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cmkd.errors import ImageError  # noqa: F401  (re-exported)
+from cmkd.errors import ImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+#: The largest image the resize may produce (before the centre crop): a 1 x 3,000,000 PNG of a few KB
+#: would otherwise become 32 x 96,000,000 pixels. Checked from the header, before anything is decoded.
+RESIZE_BUDGET = 16_000_000
 
 
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
+def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{path} holds NaN or infinite pixel values; it is not a usable image")
         top = arr.max()
         scale = 255.0 / (65535.0 if img.mode.startswith("I;16") or top > 255 else max(top, 1.0))
         return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
@@ -38,6 +43,17 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
         ground = Image.new("RGBA", img.size, (0, 0, 0, 255))  # opaque black: alpha a keeps a share a of the ink
         img = Image.alpha_composite(ground, img.convert("RGBA")).convert("RGB")
     return img
+
+
+def _check_resize_budget(path: Path, wh: tuple[int, int], box: tuple[float, float, float, float] | None,
+                         size: int) -> None:
+    w, h = (max(1, min(wh[0], int(box[2]))), max(1, min(wh[1], int(box[3])))) if box is not None else wh
+    scale = size / max(1, min(w, h))
+    out_w, out_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if out_w * out_h > RESIZE_BUDGET:
+        raise ImageError(f"{path} is {w}x{h} pixels: fitting its shorter side to {size} would make a {out_w}x{out_h} "
+                         f"image ({out_w * out_h / 1e6:.0f} Mpx, over the {RESIZE_BUDGET / 1e6:.0f} Mpx budget); "
+                         "crop it to a less extreme aspect ratio, or leave it out (--skip-bad)")
 
 
 def load_image(path: str | Path, channels: int, size: int,
@@ -59,8 +75,11 @@ def load_image(path: str | Path, channels: int, size: int,
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                _check_resize_budget(path, img.size, box, size)
                 img.load()
                 img = ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"{path} is too large to decode safely ({err}); downscale it first") from None
     except UnidentifiedImageError:
@@ -74,7 +93,7 @@ def load_image(path: str | Path, channels: int, size: int,
         x, y, w, h = box
         img = img.crop((max(0, int(x)), max(0, int(y)), min(img.width, int(np.ceil(x + w))),
                         min(img.height, int(np.ceil(y + h)))))
-    img = _flatten_alpha(_to_8bit(img))
+    img = _flatten_alpha(_to_8bit(img, path))
     img = img.convert("L" if channels == 1 else "RGB")
     w, h = img.size
     scale = size / min(w, h)

@@ -10,10 +10,11 @@ import json
 import os
 from pathlib import Path
 
-from cmkd.config import ConfigError, DataConfig
+from cmkd.config import DataConfig
 from cmkd.data.cache import load_prepared
-from cmkd.data.dataset import DatasetError, FewShotDataset
+from cmkd.data.dataset import FewShotDataset
 from cmkd.data.formats.glyphs import load_glyphs
+from cmkd.errors import ConfigError, DatasetError
 
 
 def data_home() -> Path:

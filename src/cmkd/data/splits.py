@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cmkd.data.dataset import DatasetError
-
-SPLIT_NAMES = ("base", "val", "novel")
+from cmkd.config import SPLITS
+from cmkd.errors import DatasetError
 
 
 def split_by_group(
@@ -58,8 +57,8 @@ def check_splits(data: dict, path: Path) -> dict[str, list[str]]:
     """``{"base": [class, ...], "val": [...], "novel": [...]}``, every name a string."""
     out = {}
     for split, names in data.items():
-        if split not in SPLIT_NAMES:
-            raise DatasetError(f"{path}: unknown split {split!r}; use {', '.join(SPLIT_NAMES)}")
+        if split not in SPLITS:
+            raise DatasetError(f"{path}: unknown split {split!r}; use {', '.join(SPLITS)}")
         if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
             raise DatasetError(f"{path}: split {split!r} must be a list of class names (strings), got {names!r:.80}")
         out[split] = list(names)

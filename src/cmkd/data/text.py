@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cmkd.data.dataset import DatasetError
+from cmkd.errors import DatasetError
 
 PAD, UNK = 0, 1
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -53,10 +53,6 @@ class Vocab:
 
     def __len__(self) -> int:
         return len(self.words)
-
-    def encode(self, text: str, max_len: int) -> list[int]:
-        ids = [self.index.get(w, UNK) for w in tokenize(text)][:max_len]
-        return ids + [PAD] * (max_len - len(ids))
 
     def encode_batch(self, texts: Sequence[str], max_len: int | None = None) -> torch.Tensor:
         """``[len(texts), L]`` word ids, padded; ``L`` is the longest caption unless ``max_len`` is given."""

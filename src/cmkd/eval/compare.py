@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cmkd.config import EpisodeConfig
 from cmkd.data.device import DeviceData
+from cmkd.data.episodes import EpisodeSetting
 from cmkd.eval.evaluate import episode_list, evaluate_lists
 from cmkd.eval.stats import SeedStat, over_seeds, paired_over_seeds
+from cmkd.files import write_atomic
 from cmkd.runtime import provenance
 
 Runs = torch.nn.Module | Sequence[torch.nn.Module]
@@ -23,7 +24,7 @@ CI_NOTE = ("95% interval: Student t (Welch-Satterthwaite dof) times the standard
            "spread and, with several training runs per method, the spread of the run means")
 
 
-def compare(models: dict[str, Runs], data: DeviceData, settings: Sequence[EpisodeConfig],
+def compare(models: dict[str, Runs], data: DeviceData, settings: Sequence[EpisodeSetting],
             split: str = "novel", episodes: int = 600, seed: int = 2021,
             pairs: Sequence[tuple[str, str]] = (), all_captions: bool = True, progress: bool = True,
             precision: str = "fp32") -> dict:
@@ -71,8 +72,7 @@ def _stat(s: SeedStat) -> dict:
 def write_json(result: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
-    return path
+    return write_atomic(path, json.dumps(result, indent=1), sync=False)
 
 
 def table(result: dict) -> str:

@@ -15,14 +15,13 @@ import numpy as np
 import torch
 
 from cmkd import distributed
-from cmkd.config import EpisodeConfig
 from cmkd.data.device import DeviceData, upload
-from cmkd.data.episodes import EpisodeSampler, episode_labels
+from cmkd.data.episodes import EpisodeSampler, EpisodeSetting, episode_labels
 from cmkd.models import inputs
 from cmkd.runtime import autocast
 
 
-def episode_list(data: DeviceData, split: str, setting: EpisodeConfig, count: int, seed: int) -> np.ndarray:
+def episode_list(data: DeviceData, split: str, setting: EpisodeSetting, count: int, seed: int) -> np.ndarray:
     """The fixed ``[count, way*(shot+query)]`` episodes of a split and setting."""
     ds = data.dataset
     sampler = EpisodeSampler(ds.labels, ds.split_classes(split), setting.way, setting.shot, setting.query,
@@ -83,13 +82,19 @@ def accuracy_per_episode(model: torch.nn.Module, embedded: Embedded, episodes: n
 def evaluate_lists(model: torch.nn.Module, data: DeviceData, lists: list[np.ndarray], shapes: list[tuple[int, int]],
                    all_captions: bool = True, precision: str = "fp32") -> list[np.ndarray]:
     """Per-episode accuracies on several episode lists (``shapes`` gives each list's way and
-    shot), embedding each needed sample once. Sharded over ``torchrun`` ranks."""
+    shot), embedding each needed sample once, in eval mode (no dropout in a head such as FEAT's).
+    Sharded over ``torchrun`` ranks."""
     mine = [eps[distributed.shard(len(eps))] for eps in lists]
     needed = np.concatenate([m.ravel() for m in mine])
-    embedded = embed_samples(model, data, needed, all_captions, precision) if len(needed) else None
-    return [distributed.gather(accuracy_per_episode(model, embedded, m, way, shot) if len(m)
-                               else np.zeros(0, dtype=np.float32))
-            for m, (way, shot) in zip(mine, shapes)]
+    was_training = model.training
+    model.eval()
+    try:
+        embedded = embed_samples(model, data, needed, all_captions, precision) if len(needed) else None
+        return [distributed.gather(accuracy_per_episode(model, embedded, m, way, shot) if len(m)
+                                   else np.zeros(0, dtype=np.float32))
+                for m, (way, shot) in zip(mine, shapes)]
+    finally:
+        model.train(was_training)
 
 
 def evaluate_episodes(model: torch.nn.Module, data: DeviceData, episodes: np.ndarray, way: int, shot: int,

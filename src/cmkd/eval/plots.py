@@ -1,24 +1,27 @@
-"""Figures for reports: validation curves and relation matrices."""
+"""Figures for reports: validation curves and relation matrices.
+
+Figures are drawn with matplotlib's object API (``Figure`` + ``savefig``), which needs no backend:
+importing cmkd never changes the caller's matplotlib backend (a notebook keeps its inline plots).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from cmkd.data.device import DeviceData  # noqa: E402
-from cmkd.eval.evaluate import embed_indices  # noqa: E402
-from cmkd.losses.srl import normalised_distances, standardise  # noqa: E402
+from cmkd.data.device import DeviceData
+from cmkd.eval.evaluate import embed_indices
+from cmkd.files import write_atomic
+from cmkd.losses.srl import normalised_distances, standardise
 
 
 def plot_val_curves(histories: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
     """Validation accuracy against training episodes, one line per run, with its 95% interval as a band."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
     for name, hist in histories.items():
         if not hist:
             continue
@@ -33,8 +36,7 @@ def plot_val_curves(histories: dict[str, list[dict]], path: str | Path, title: s
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    write_atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"), sync=False)
     return Path(path)
 
 
@@ -46,7 +48,8 @@ def plot_relations(models: dict[str, torch.nn.Module], data: DeviceData, episode
     distances over all samples divided by their mean
     (bottom row; a line separates support from queries). Each row shares one colour scale."""
     n = len(models)
-    fig, axes = plt.subplots(2, n, figsize=(3.1 * n + 0.8, 6.4), squeeze=False)
+    fig = Figure(figsize=(3.1 * n + 0.8, 6.4))
+    axes = fig.subplots(2, n, squeeze=False)
     n_support = way * shot
     dists, probs = {}, {}
     for name, model in models.items():
@@ -73,6 +76,5 @@ def plot_relations(models: dict[str, torch.nn.Module], data: DeviceData, episode
     fig.colorbar(im_d, ax=axes[1, :].tolist(), fraction=0.025, pad=0.02, label="distance / mean distance")
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    write_atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"), sync=False)
     return Path(path)

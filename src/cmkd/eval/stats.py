@@ -70,31 +70,6 @@ def t_two_sided_p(t: float, dof: int) -> float:
     return betainc(dof / 2.0, 0.5, dof / (dof + t * t))
 
 
-@dataclass(frozen=True)
-class Paired:
-    diff: MeanCI
-    t: float
-    p: float
-
-    def __str__(self) -> str:
-        return f"{100 * self.diff.mean:+.2f} ± {100 * self.diff.ci95:.2f} (p={self.p:.2g})"
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray) -> Paired:
-    """``a - b`` on the same episodes: mean +- 95% CI and the paired t-test p-value."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired comparison needs the same episodes: {a.shape} vs {b.shape}")
-    d = a - b
-    ci = mean_ci(d)
-    sd = d.std(ddof=1) if len(d) > 1 else 0.0
-    if sd == 0.0:
-        t = 0.0 if ci.mean == 0.0 else math.copysign(math.inf, ci.mean)
-    else:
-        t = ci.mean / (sd / math.sqrt(len(d)))
-    return Paired(ci, float(t), t_two_sided_p(t, len(d) - 1) if len(d) > 1 else 1.0)
-
-
 def t_quantile(p_two_sided: float, dof: float) -> float:
     """The ``t`` with two-sided tail probability ``p_two_sided`` (e.g. 0.05 -> 1.96 for large dof)."""
     lo, hi = 0.0, 1e4

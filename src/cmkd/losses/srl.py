@@ -5,26 +5,29 @@ The teacher (image + text) and the student (one modality) embed the same episode
 different spaces, so the student learns the teacher's *relations* between the samples,
 never its features:
 
-1. relation distribution: ``tau^2 * mean_q KL(p_T(.|q) || p_S(.|q))`` with
-   ``p = softmax(scores / tau)`` over the few-shot head's scores (Hinton et al. 2015,
-   applied to relation scores);
-2. structure: pairwise Euclidean distances over all samples of the episode, each matrix
-   divided by its mean off-diagonal distance, compared with smooth-L1 (the RKD distance
-   term, Park et al., CVPR 2019);
-3. optionally the RKD angle term: cosines of the angles of all sample triplets.
+1. relation term ``L_rel = tau^2 * mean_q KL(p_T(.|q) || p_S(.|q))`` with
+   ``p = softmax(z / tau)``, where ``z`` are the head's scores standardised per episode
+   (or per query, or raw: ``srl.standardise``) so one temperature means the same for every head;
+2. distance structure ``L_dist``: pairwise Euclidean distances over all samples of the
+   episode, each matrix divided by its mean off-diagonal distance, compared with smooth-L1
+   (the RKD distance term, Park et al., CVPR 2019);
+3. angle structure ``L_angle`` (RKD's angle term): cosines of the angles of all sample triplets.
 
-``SRL = a * L_rel + b * L_dist + c * L_angle``. The teacher side never carries gradient.
+``SRL = srl.rel * L_rel + srl.dist * L_dist + srl.angle * L_angle``; the teacher side never
+carries gradient. The settings are :class:`cmkd.config.SRLConfig`, the same object as the
+config's ``distill.srl`` section.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from cmkd.config import SRLConfig
+from cmkd.losses.objective import Term, weighted_sum
 
-def standardise(scores: torch.Tensor, per: str = "query", eps: float = 1e-6) -> torch.Tensor:
+
+def standardise(scores: torch.Tensor, per: str, eps: float = 1e-6) -> torch.Tensor:
     """Scores ``[..., Q, way]`` minus each query's mean, divided by their standard deviation over
     the classes of each query (``per="query"``) or of the whole episode (``per="episode"``: one
     scale per episode, so queries keep their relative confidence).
@@ -39,7 +42,7 @@ def standardise(scores: torch.Tensor, per: str = "query", eps: float = 1e-6) -> 
 
 
 def relation_kl(student_scores: torch.Tensor, teacher_scores: torch.Tensor, tau: float,
-                standardised: str = "none", weights: torch.Tensor | None = None) -> torch.Tensor:
+                standardised: str, weights: torch.Tensor | None = None) -> torch.Tensor:
     """``tau^2 * mean over queries of KL(p_T || p_S)``; scores are ``[..., Q, way]``.
 
     ``standardised`` compares :func:`standardise`-d scores; ``weights [..., Q]`` weigh the
@@ -87,38 +90,38 @@ def angle_structure(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> tor
     return F.smooth_l1_loss(triplet_cosines(student_emb), triplet_cosines(teacher_emb.detach()))
 
 
-@dataclass(frozen=True)
-class SRLSettings:
-    """Term weights and how the relation term is computed."""
-
-    rel: float = 1.0
-    dist: float = 1.0
-    angle: float = 0.0
-    tau: float = 1.0
-    standardised: str = "episode"  # 'query', 'episode' or 'none': how scores are standardised (see standardise)
-    correct_only: bool = False  # distil only the queries the teacher classifies correctly
-    student_view: str = "clean"  # 'clean': the student's side on the teacher's clean inputs; 'same': its training view
-
-
-def spatial_relation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
-                          student_emb: torch.Tensor, teacher_emb: torch.Tensor,
-                          w: SRLSettings, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The SRL and its terms for a batch of episodes.
+def srl_terms(student_scores: torch.Tensor, teacher_scores: torch.Tensor, student_emb: torch.Tensor,
+              teacher_emb: torch.Tensor, cfg: SRLConfig, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The SRL's terms with a non-zero weight (``srl_rel``, ``srl_dist``, ``srl_angle``) for a batch of episodes.
 
     Scores are ``[E, Q, way]``; embeddings ``[E, n, D_s]`` and ``[E, n, D_t]`` over all the
     samples of each episode (support and query). ``D_s`` and ``D_t`` may differ. ``labels
-    [E, Q]`` (the queries' classes) are needed for ``w.correct_only``.
+    [E, Q]`` (the queries' classes) are needed for ``cfg.correct_only``.
     """
-    zero = student_scores.new_zeros(())
-    weights = None
-    if w.correct_only:
-        if labels is None:
-            raise ValueError("correct_only distillation needs the query labels")
-        weights = (teacher_scores.argmax(-1) == labels).to(student_scores.dtype)
-    terms = {
-        "rel": relation_kl(student_scores, teacher_scores, w.tau, w.standardised, weights) if w.rel else zero,
-        "dist": distance_structure(student_emb, teacher_emb) if w.dist else zero,
-        "angle": angle_structure(student_emb, teacher_emb) if w.angle else zero,
-    }
-    terms["srl"] = w.rel * terms["rel"] + w.dist * terms["dist"] + w.angle * terms["angle"]
+    terms = {}
+    if cfg.rel:
+        weights = None
+        if cfg.correct_only:
+            if labels is None:
+                raise ValueError("correct_only distillation needs the query labels")
+            weights = (teacher_scores.argmax(-1) == labels).to(student_scores.dtype)
+        terms["srl_rel"] = relation_kl(student_scores, teacher_scores, cfg.tau, cfg.standardise, weights)
+    if cfg.dist:
+        terms["srl_dist"] = distance_structure(student_emb, teacher_emb)
+    if cfg.angle:
+        terms["srl_angle"] = angle_structure(student_emb, teacher_emb)
     return terms
+
+
+def srl_weights(cfg: SRLConfig) -> tuple[Term, ...]:
+    """The SRL's terms and their weights, as the objective sums them."""
+    return tuple(Term(f"srl_{k}", w) for k, w in (("rel", cfg.rel), ("dist", cfg.dist), ("angle", cfg.angle)) if w)
+
+
+def spatial_relation_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor, student_emb: torch.Tensor,
+                          teacher_emb: torch.Tensor, cfg: SRLConfig | None = None,
+                          labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The SRL of a batch of episodes (see :func:`srl_terms`); ``cfg`` defaults to cmkd's defaults."""
+    cfg = cfg or SRLConfig()
+    terms = srl_terms(student_scores, teacher_scores, student_emb, teacher_emb, cfg, labels)
+    return weighted_sum(terms, srl_weights(cfg)) if terms else student_scores.new_zeros(())

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmkd.config import ConfigError
+from cmkd.errors import ConfigError
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:

@@ -6,16 +6,18 @@ The student sees one modality (``image`` or ``text``); the teacher of Zhao et al
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 
 import torch
 from torch import nn
 
-from cmkd.config import ModelConfig
+from cmkd.config import Config, ModelConfig, read_keys, value_of
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.episodes import episode_labels
 from cmkd.data.text import Vocab
-from cmkd.models.fusion import MapFusion
+from cmkd.errors import ConfigError
+from cmkd.models.fusion import LateFusion, MapFusion
 from cmkd.models.heads import build_head
 from cmkd.registry import BACKBONES, FUSIONS, HEADS, TEXT_ENCODERS
 
@@ -93,26 +95,36 @@ class FewShotModel(nn.Module):
         labels = episode_labels(way, shot, emb.device).expand(emb.shape[0], -1)
         return self.head(support, labels, query, way)
 
-    def loss(self, scores: torch.Tensor, emb: torch.Tensor, way: int, shot: int) -> torch.Tensor:
-        """The head's episode loss, plus FEAT's contrastive regulariser when the head has one."""
+    def loss_terms(self, scores: torch.Tensor, emb: torch.Tensor, way: int, shot: int) -> dict[str, torch.Tensor]:
+        """The head's episode loss (under ``head.loss_name``) and, for FEAT, its contrastive regulariser
+        (``feat_reg``); :class:`cmkd.losses.objective.Objective` weighs and sums them."""
         query = (emb.shape[1] - way * shot) // way
         truth = episode_labels(way, query, emb.device).expand(emb.shape[0], -1)
-        loss = self.head.loss(scores, truth)
-        if hasattr(self.head, "regularizer") and self.cfg.feat_reg > 0:
+        terms = {self.head.loss_name: self.head.loss(scores, truth)}
+        if self.regularised and self.cfg.feat_reg > 0:
             n_support = way * shot
             s_labels = episode_labels(way, shot, emb.device).expand(emb.shape[0], -1)
-            loss = loss + self.cfg.feat_reg * self.head.regularizer(emb[:, :n_support], s_labels,
-                                                                    emb[:, n_support:], truth, way)
-        return loss
+            terms["feat_reg"] = self.head.regularizer(emb[:, :n_support], s_labels, emb[:, n_support:], truth, way)
+        return terms
 
-    def branch_loss(self, emb: torch.Tensor, way: int, shot: int) -> torch.Tensor:
-        """Late fusion: the episode loss of the image half and of the text half of ``emb``, each alone."""
+    @property
+    def regularised(self) -> bool:
+        """Whether the head brings a regulariser of its own (FEAT's contrastive term)."""
+        return hasattr(self.head, "regularizer")
+
+    @property
+    def late_fusion(self) -> bool:
+        return isinstance(self.fusion, LateFusion)
+
+    def branch_loss(self, emb: torch.Tensor, way: int, shot: int,
+                    model_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+        """Late fusion: ``model_loss`` of the image half and of the text half of ``emb``, each alone."""
         split = self.image_encoder.out_dim
         total = emb.new_zeros(())
         for keep in (slice(0, split), slice(split, None)):
             part = torch.zeros_like(emb)
             part[..., keep] = emb[..., keep]
-            total = total + self.loss(self.scores(part, way, shot), part, way, shot)
+            total = total + model_loss(self.loss_terms(self.scores(part, way, shot), part, way, shot))
         return total
 
     def spec(self) -> dict:
@@ -153,8 +165,20 @@ def build_model(cfg: ModelConfig, dataset: FewShotDataset, image_encoder: nn.Mod
     base-split captions only."""
     vocab = None
     if "text" in cfg.modality and TEXT_ENCODERS.get(cfg.text_encoder).needs_vocab:
-        base = set(dataset.split_classes("base"))
-        labels = dataset.labels.tolist()
-        vocab = Vocab.build(c for i, caps in enumerate(dataset.captions) if labels[i] in base for c in caps)
+        vocab = dataset.base_vocabulary()
     c, h, _ = dataset.image_shape
     return FewShotModel(cfg, c, h, vocab, image_encoder)
+
+
+def check_same_model(model: FewShotModel, cfg: Config, dataset: FewShotDataset, role: str = "--init") -> None:
+    """Refuse starting weights of another model than ``cfg`` describes (another modality, head, width, input
+    size ...), naming every field that differs."""
+    c, h, _ = dataset.image_shape
+    differ = [f"{key}: {getattr(model.cfg, key.split('.')[1])!r} in the checkpoint, {value_of(cfg, key)!r} "
+              "configured" for key in read_keys(cfg, "model")
+              if getattr(model.cfg, key.split(".")[1]) != value_of(cfg, key)]
+    if (model.in_channels, model.image_size) != (c, h):
+        differ.append(f"input: {model.in_channels}x{model.image_size}px in the checkpoint, {c}x{h}px in the data")
+    if differ:
+        raise ConfigError(f"{role}: the checkpoint holds another model than the configured one:\n  " +
+                          "\n  ".join(differ) + "\nStart from a checkpoint of the same model, or configure it so")

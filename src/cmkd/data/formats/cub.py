@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmkd.data.cache import Listing, Record
-from cmkd.data.dataset import DatasetError
 from cmkd.data.images import read_caption_file
 from cmkd.data.splits import read_split_file
+from cmkd.errors import DatasetError
 
 
 def closerlook_split(class_folders: list[str]) -> dict[str, list[str]]:

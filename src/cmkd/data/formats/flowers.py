@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmkd.data.cache import Listing, Record
-from cmkd.data.dataset import DatasetError
 from cmkd.data.images import read_caption_file
 from cmkd.data.splits import read_split_file, split_by_group
+from cmkd.errors import DatasetError
 
 
 def _loadmat(path: Path) -> dict:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmkd.data.cache import Listing, Record
-from cmkd.data.dataset import DatasetError
-from cmkd.data.images import IMAGE_SUFFIXES, ImageError, read_caption_file
+from cmkd.data.images import IMAGE_SUFFIXES, read_caption_file
 from cmkd.data.splits import check_groups, read_json_object, read_split_file, split_by_group
+from cmkd.errors import DatasetError, ImageError
 
 
 def class_folders(root: str | Path) -> list[Path]:

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmkd.data.dataset import DatasetError, FewShotDataset
+from cmkd.data.dataset import FewShotDataset
 from cmkd.data.formats.glyph_text import decode_captions
+from cmkd.errors import DatasetError
 
 
 def glyph_dir() -> Path:

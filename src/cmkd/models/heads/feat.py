@@ -57,6 +57,8 @@ class FEAT(nn.Module):
         centres = self.adapt(grouped).mean(1).view(e, way, d)
         return episode_cross_entropy(-squared_distances(x, centres) / self.reg_temperature, y)
 
+    loss_name = "ce"  # logged under this name
+
     @staticmethod
     def loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return episode_cross_entropy(scores, labels)

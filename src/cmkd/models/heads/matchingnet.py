@@ -56,6 +56,8 @@ class MatchingNet(nn.Module):
         onehot = F.one_hot(support_labels, way).to(att.dtype)  # [E, S, way]
         return torch.log((att @ onehot).clamp_min(1e-8))
 
+    loss_name = "nll"  # of the attention probabilities; logged under this name
+
     @staticmethod
     def loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.nll_loss(scores.reshape(-1, scores.shape[-1]), labels.reshape(-1))

@@ -18,6 +18,8 @@ class ProtoNet(nn.Module):
     def from_config(cls, cfg: ModelConfig, dim: int, map_shape: tuple[int, int, int]) -> ProtoNet:
         return cls()
 
+    loss_name = "ce"  # logged under this name
+
     @staticmethod
     def loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return episode_cross_entropy(scores, labels)

@@ -25,6 +25,7 @@ class RelationNet(nn.Module):
         super().__init__()
         c, h, w = map_shape
         self.map_shape, self.loss_kind = map_shape, loss
+        self.loss_name = loss  # 'mse' or 'ce'; logged under this name
         pool = (lambda: nn.MaxPool2d(2)) if min(h, w) >= 4 else (lambda: nn.Identity())
         self.relation_module = nn.Sequential(
             nn.Conv2d(2 * c, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), pool(),

@@ -1,0 +1,79 @@
+"""The teacher's side of distillation: a frozen copy of the teacher, its cached embeddings, and the
+distillation method's terms for a step (Zhao et al., ICASSP 2021)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmkd.checkpoint import state_digest
+from cmkd.config import Config
+from cmkd.data.device import DeviceData
+from cmkd.data.episodes import episode_labels
+from cmkd.errors import ConfigError
+from cmkd.eval.evaluate import Embedded, embed_samples
+from cmkd.losses.distillation import Method
+from cmkd.models import inputs
+from cmkd.models.fewshot import FewShotModel
+from cmkd.runtime import autocast, resolve_precision
+
+
+def embed_teacher(teacher: FewShotModel, data: DeviceData, cfg: Config) -> Embedded:
+    """The teacher's clean embeddings of every base sample (shareable by several students)."""
+    return embed_samples(teacher, data, data.dataset.split_indices("base"),
+                         all_captions=cfg.data.eval_captions == "mean",
+                         precision=resolve_precision(cfg.train.precision, data.device))
+
+
+class Distiller:
+    """Scores a step's episodes with the frozen teacher and returns ``method``'s terms.
+
+    The teacher is copied (the caller's module is left as it was), put in eval mode and frozen.
+    With ``distill.teacher_inputs=clean`` its embeddings of the base split are computed once
+    (or taken from ``cache``, shared by several students).
+    """
+
+    def __init__(self, teacher: FewShotModel, method: Method, cfg: Config, data: DeviceData,
+                 cache: Embedded | None = None) -> None:
+        c, h, _ = data.dataset.image_shape
+        if teacher.uses_image and (teacher.in_channels, teacher.image_size) != (c, h):
+            raise ConfigError(f"the teacher sees {teacher.in_channels}-channel {teacher.image_size}px images but "
+                              f"{data.dataset.name} has {c}-channel {h}px images; distil on the data the teacher "
+                              "was trained on (data.dataset, data.image_size)")
+        self.digest = state_digest(teacher)
+        self.teacher = copy.deepcopy(teacher).to(data.device).eval().requires_grad_(False)
+        self.method, self.cfg, self.data = method, cfg, data
+        self.precision = resolve_precision(cfg.train.precision, data.device)
+        self.cache = None
+        if cfg.distill.teacher_inputs == "clean":
+            self.cache = cache or embed_teacher(self.teacher, data, cfg)
+
+    @property
+    def live(self) -> FewShotModel | None:
+        """The teacher when it embeds each step's own inputs (no cache)."""
+        return self.teacher if self.cache is None else None
+
+    def terms(self, forward: nn.Module, model: FewShotModel, episodes: np.ndarray, flat: torch.Tensor,
+              images: torch.Tensor | None, caption_ids: torch.Tensor | None, emb: torch.Tensor,
+              scores: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The method's terms for this step's episodes; ``emb``/``scores`` are the student's training view,
+        replaced by an extra forward on the teacher's clean inputs when the method asks for them."""
+        e = self.cfg.episode
+        n_ep, n = episodes.shape
+        with torch.no_grad():
+            if self.cache is not None:
+                t_emb = self.cache.rows(episodes)
+            else:
+                with autocast(self.precision, self.data.device):
+                    t_emb = inputs.embed(self.data, self.teacher, flat, images, caption_ids)
+                t_emb = t_emb.float().view(n_ep, n, -1)
+            t_scores = self.teacher.scores(t_emb, e.way, e.shot)
+        if self.method.student_view == "clean":  # the student's relations on the inputs the teacher saw
+            c_images = self.data.images_for(episodes.reshape(-1)) if model.uses_image else None
+            c_text, c_mask = inputs.text_inputs(self.data, model, flat, all_captions=True)
+            emb, scores, _ = forward(c_images, c_text, n_ep, c_mask)
+        truth = episode_labels(e.way, e.query, self.data.device).expand(n_ep, -1)
+        return self.method(scores, t_scores, emb, t_emb, truth)
