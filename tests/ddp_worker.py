@@ -1,5 +1,6 @@
-"""Started by tests/test_distributed.py under ``torchrun``: a short 2-rank training on a glyph
-subset; every rank writes a digest of its final weights and its first episodes."""
+"""Started by tests/test_distributed.py under ``torchrun``: a short 2-rank training (or, with
+``distill NAME [resume]``, a distillation from ``OUT/teacher``) on a glyph subset; every rank writes a
+digest of its final weights and its first episodes."""
 
 from __future__ import annotations
 
@@ -21,20 +22,28 @@ WORKER_CONFIG = {"name": "ddp", "train.episodes": 16, "train.episodes_per_step":
 WORKER_SUBSET = {"base": 60, "val": 20, "novel": 20}
 
 
-def main(out: Path) -> None:
+def main(out: Path, mode: str = "train", name: str = "ddp", resume: bool = False) -> None:
     device = distributed.setup("cpu")
     dataset = subset(load_glyphs(32), WORKER_SUBSET, per_class=24)
-    trainer = Trainer(load_config(base={**WORKER_CONFIG, "out": str(out)}), dataset, device)
-    trainer.fit(progress=False)
+    if mode == "distill":
+        from cmkd.checkpoint import load_model
+
+        teacher = load_model(out / "teacher", device)[0]
+        cfg = load_config(base={**WORKER_CONFIG, "out": str(out), "name": name, "train.pretrain_epochs": 0,
+                                "distill.teacher": str(out / "teacher")}, command="distill")
+        trainer = Trainer(cfg, dataset, device, teacher=teacher)
+    else:
+        trainer = Trainer(load_config(base={**WORKER_CONFIG, "out": str(out)}), dataset, device)
+    trainer.fit(progress=False, resume=resume)
     digest = hashlib.sha256()
-    for name, tensor in sorted(trainer.model.state_dict().items()):
-        digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
+    for key, tensor in sorted(trainer.model.state_dict().items()):
+        digest.update(key.encode() + tensor.detach().contiguous().numpy().tobytes())
     rank = trainer.ranks.rank
-    (out / f"rank{rank}.json").write_text(json.dumps({
+    (out / f"{name}_rank{rank}.json").write_text(json.dumps({
         "world": trainer.ranks.world, "steps": trainer.schedule.steps, "digest": digest.hexdigest(),
         "episodes_step0": trainer.schedule.indices(0).tolist(), "val": [h["val_acc"] for h in trainer.history]}))
     distributed.teardown()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:4], resume=sys.argv[4:5] == ["resume"])

@@ -98,3 +98,8 @@ def test_no_module_cites_a_file_outside_the_repository():
         assert "DESIGN.md" not in text and "../shared" not in text, f"{path} cites a file users do not have"
     for doc in {m for p in SRC.rglob("*.py") for m in __import__("re").findall(r"docs/[\w./-]+\.md", p.read_text())}:
         assert (SRC.parents[1] / doc).exists(), f"code cites {doc}, which does not exist"
+
+
+def test_the_trainer_stays_small():
+    """The loop wires parts with one job each (schedule, distiller, LSL, run state); it should not grow back."""
+    assert len((SRC / "train" / "loop.py").read_text().splitlines()) <= 200

@@ -329,6 +329,9 @@ CASES = [
                                               "train.seed=18446744073709551616"], r"'train.seed' must be .* at most"),
     Case("W4 threads past 32 bits", lambda w: ["train", R(w), "--name", "x", *FAST, "train.threads=4294967296"],
          r"'train.threads' must be .* at most 1024"),
+    Case("W5 more val queries than a val class has images", lambda w: ["train", R(w), "--name", "x", *FAST,
+                                                                        "train.val_query=100"],
+         r"class\(es\) of the val split have fewer images.*validation: train.val_query"),
     Case("W6 a device that does not exist", lambda w: ["train", R(w), "--name", "x", *FAST, "--device", "foo"],
          r"--device 'foo' is not a device"),
     Case("W7 cuda on a CPU torch", lambda w: ["train", R(w), "--name", "x", *FAST, "--device", "cuda"],
@@ -614,3 +617,30 @@ def test_b9_w21_w22_a_damaged_minilm_cache_is_recomputed_with_a_warning(tmp_path
         with caplog.at_level("WARNING", logger="cmkd"):
             assert torch.equal(enc.prepare(texts), truth)
         assert f"MiniLM cache {path} is damaged" in caplog.text
+
+
+def test_w16_a_full_disk_while_checkpointing_is_one_line_and_resumable(world, tmp_path):
+    """A file-size limit stands in for a full disk (EFBIG): the write fails with a message naming the file."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    done = subprocess.run([sys.executable, "-m", "cmkd", "train", "--name", "full", f"out={world.runs}", *FAST],
+                          preexec_fn=limit, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert re.search(r"cmkd train: error: cannot write .*full/.*File too large.*--resume", done.stderr)
+    assert not [f for f in (world.runs / "full").iterdir() if f.name.endswith(".tmp")], "no scratch file left"
+
+
+def test_w37_runs_named_by_dataset_name_and_by_path_are_compared(world, tmp_path):
+    _other_dataset_run(world)
+    assert main(["train", "--name", "bypath", f"out={world.runs}", f"data.dataset={world.data / 'good'}",
+                 "data.image_size=16", "episode.way=2", "train.val_query=1", "episode.query=1", "train.episodes=2",
+                 "train.val_every=2", "train.val_episodes=2"]) == 0
+    assert main(["evaluate", f"a={world.runs / 'other'}", f"b={world.runs / 'bypath'}", "--episodes", "2", "--way",
+                 "2", "--query", "1", "--shots", "1", "--out", str(tmp_path / "ev.json")]) == 0

@@ -41,7 +41,7 @@ def test_cli_way_larger_than_classes(capsys, tmp_path):
 def test_cli_shot_plus_query_larger_than_a_class(capsys, tmp_path):
     assert main(["train", f"out={tmp_path}", "episode.shot=30", "episode.query=30"]) == 2
     err = capsys.readouterr().err
-    assert "shot+query=60" in err and "lower shot or query" in err
+    assert "shot+query=60" in err and "lower the shot or the queries" in err
 
 
 def test_cli_missing_config_file(capsys, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_each_rank_takes_its_slot_of_the_single_process_stream(small, fast_cfg):
 
 def test_two_rank_training_keeps_ranks_in_sync(tmp_path, glyphs):
     torchrun(str(HERE / "ddp_worker.py"), str(tmp_path))
-    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    reports = [json.loads((tmp_path / f"ddp_rank{r}.json").read_text()) for r in range(2)]
     assert all(r["world"] == 2 and r["steps"] == 4 for r in reports), "16 episodes / (2 per step x 2 ranks)"
     assert reports[0]["digest"] == reports[1]["digest"], "DDP keeps every rank's weights identical"
     assert reports[0]["val"] == reports[1]["val"] and len(reports[0]["val"]) == 2
@@ -67,6 +68,25 @@ def test_two_rank_training_keeps_ranks_in_sync(tmp_path, glyphs):
     assert [h["episodes"] for h in meta["history"]] == [8, 16]
     with pytest.raises(ValueError, match="trained by 2 process"):
         single.state.resume()
+
+
+def test_distillation_under_torchrun_keeps_ranks_in_sync_and_resumes_exactly(tmp_path, glyphs):
+    """Two gloo processes distil from one teacher: both end with the same weights; a run whose last checkpoint
+    is one validation behind (as after a kill between checkpoints) resumes under torchrun to the same weights."""
+    teacher_cfg = load_config(base={**WORKER_CONFIG, "out": str(tmp_path), "name": "teacher",
+                                    "model.modality": "image+text", "train.pretrain_epochs": 0, "train.episodes": 8})
+    Trainer(teacher_cfg, subset(glyphs, WORKER_SUBSET, per_class=24)).fit(progress=False)
+    torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "distill", "dist")
+    reports = [json.loads((tmp_path / f"dist_rank{r}.json").read_text()) for r in range(2)]
+    assert reports[0]["digest"] == reports[1]["digest"], "DDP keeps every rank's student identical"
+    meta = json.loads((tmp_path / "dist" / "last.json").read_text())
+    assert meta["teacher_sha256"] and meta["world_size"] == 2 and "srl_rel" in meta["history"][-1]
+    shutil.copytree(tmp_path / "dist", tmp_path / "cut")
+    os.replace(tmp_path / "cut" / "last.prev.json", tmp_path / "cut" / "last.json")  # one validation behind
+    torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), "distill", "cut", "resume")
+    resumed = [json.loads((tmp_path / f"cut_rank{r}.json").read_text()) for r in range(2)]
+    assert resumed[0]["digest"] == resumed[1]["digest"] == reports[0]["digest"]
+    assert resumed[0]["val"] == reports[0]["val"]
 
 
 def test_sharded_evaluation_equals_single_process_per_episode(tmp_path, small, fast_cfg):

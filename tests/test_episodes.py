@@ -61,7 +61,7 @@ def test_way_larger_than_split_is_a_clear_error(small):
 
 
 def test_too_few_images_names_the_class(small):
-    with pytest.raises(ValueError, match=r"shot\+query=40 .*lower shot or query"):
+    with pytest.raises(ValueError, match=r"shot\+query=40 .*lower the shot or the queries"):
         _sampler(small, shot=20, query=20)
 
 

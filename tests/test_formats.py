@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cmkd.cli import main
 from cmkd.data.cache import load_prepared, prepare
@@ -68,6 +69,12 @@ def test_cub_prepare_crop_idempotence_and_change_detection(cub, tmp_path):
     assert prepare(list_cub(root, root / "text_c10", crop=True, skip_bad=True), out, 16, progress=False)[1] is False
     target = listing.records[3].path
     os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    assert prepare(list_cub(root, root / "text_c10", crop=True, skip_bad=True), out, 16, progress=False)[1] is False, \
+        "a touched file with the same content is still up to date"
+    with Image.open(target) as img:
+        changed = np.asarray(img.convert("RGB")).copy()
+    changed[:4, :4] = 0
+    Image.fromarray(changed).save(target, "JPEG")
     assert prepare(list_cub(root, root / "text_c10", crop=True, skip_bad=True), out, 16, progress=False)[1] is True
 
 

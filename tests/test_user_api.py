@@ -96,3 +96,15 @@ def test_public_names_resolve():
         cmkd.nothing_here  # noqa: B018
     assert np.isfinite(cmkd.spatial_relation_loss(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), torch.rand(1, 4, 3),
                                                   torch.rand(1, 4, 5), cmkd.SRLConfig()).item())
+
+
+def test_the_command_line_starts_without_importing_torch():
+    """`cmkd --help`, `config` and `--print-config` answer at once: torch is imported only by the commands that
+    compute (each subprocess of `run_paper.sh --dry-run` would otherwise pay seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cmkd.cli import main; main(['config', 'show', 'glyphs_student']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

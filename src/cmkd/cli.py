@@ -13,7 +13,6 @@ from pathlib import Path
 import yaml
 
 from cmkd.config import SPLITS, Config, DataConfig, check_name, choices, load_config
-from cmkd.data.episodes import EpisodeSetting
 from cmkd.errors import USER_ERRORS, ConfigError, DatasetError, ImageError
 
 #: Command-line flags that set a config field: flag attribute -> dotted key.
@@ -35,7 +34,8 @@ def _print_config(cfg: Config) -> None:
 def _report(trainer) -> None:
     cfg, e = trainer.cfg, trainer.cfg.episode
     if trainer.ranks.main:
-        print(f"best val accuracy {100 * trainer.best_acc:.2f}% ({e.way}-way {e.shot}-shot); weights in {cfg.run_dir}"
+        print(f"best val accuracy {100 * trainer.best_acc:.2f}% ({e.way}-way {e.shot}-shot, {cfg.train.episodes} "
+              f"episodes); weights in {cfg.run_dir}"
               + (f" ({trainer.ranks.world} processes)" if trainer.ranks.world > 1 else ""))
 
 
@@ -58,13 +58,29 @@ def cmd_train(args: argparse.Namespace) -> None:
     from cmkd import distributed
     from cmkd.data.registry import load_dataset
     from cmkd.runtime import configure_cpu
-    from cmkd.train.loop import Trainer
 
     _check_run_folder(cfg, args)  # before any data is loaded
     configure_cpu(cfg.train.threads)
-    trainer = Trainer(cfg, load_dataset(cfg.data), distributed.setup(args.device))
+    _report(_fit(cfg, args, load_dataset(cfg.data), distributed.setup(args.device)))
+
+
+def _fit(cfg: Config, args: argparse.Namespace, dataset, device, teacher=None, init=None):
+    """Train ``cfg`` (to its plateau with ``train.budget=plateau``); returns the trainer of the kept run."""
+    from cmkd.train.loop import Trainer
+    from cmkd.train.plateau import fit_to_plateau
+
+    cache: dict = {}
+
+    def make(c: Config) -> Trainer:  # every budget of a plateau search shares one teacher pass
+        trainer = Trainer(c, dataset, device, teacher=teacher, init=init, teacher_cache=cache.get("teacher"))
+        cache["teacher"] = trainer.teacher_cache
+        return trainer
+
+    if cfg.train.budget == "plateau":
+        return fit_to_plateau(cfg, make, args.resume, args.overwrite)
+    trainer = make(cfg)
     trainer.fit(resume=args.resume, overwrite=args.overwrite)
-    _report(trainer)
+    return trainer
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
@@ -75,7 +91,6 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from cmkd.checkpoint import load_model
     from cmkd.data.registry import load_dataset
     from cmkd.runtime import configure_cpu
-    from cmkd.train.loop import Trainer
 
     if cfg.distill.teacher is None:
         raise ConfigError("distill needs a teacher: pass --teacher RUN or set distill.teacher in the config")
@@ -89,15 +104,14 @@ def cmd_distill(args: argparse.Namespace) -> None:
         raise ConfigError(f"the teacher at {cfg.distill.teacher} sees only {teacher.cfg.modality}; CMKD needs a "
                           "teacher with the other modality too (train one with --modality image+text)")
     init = load_model(args.init, device)[0] if args.init else None
-    trainer = Trainer(cfg, load_dataset(cfg.data), device, teacher=teacher, init=init)
-    trainer.fit(resume=args.resume, overwrite=args.overwrite)
-    _report(trainer)
+    _report(_fit(cfg, args, load_dataset(cfg.data), device, teacher, init))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from cmkd import distributed
     from cmkd.checkpoint import load_model
     from cmkd.data.device import DeviceData
+    from cmkd.data.episodes import EpisodeSetting
     from cmkd.data.registry import load_dataset
     from cmkd.eval.compare import compare, table, write_json
     from cmkd.run_folder import ensure_writable_folder

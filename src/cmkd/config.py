@@ -106,6 +106,15 @@ class EpisodeConfig:
 class TrainConfig:
     episodes: int = setting(1500, "training episodes in all (over all processes); a resumed run may add more",
                             low=1, high=10**9, resume="grow")
+    budget: str = setting("fixed", "'fixed': train.episodes; 'plateau': train.episodes, then double it until one more "
+                          "doubling raises the best validation accuracy by less than train.plateau_gain points "
+                          "(each budget a run of its own, cosine schedule included)", choices=("fixed", "plateau"),
+                          resume="fixed")
+    plateau_gain: float = setting(0.5, "budget=plateau: the gain (accuracy points) below which one more doubling "
+                                  "is not worth it (negative: double up to train.max_episodes)", low=-100, high=100,
+                                  read_when=("train.budget", ("plateau",)))
+    max_episodes: int = setting(153600, "budget=plateau: the largest budget tried", low=1, high=10**9,
+                                read_when=("train.budget", ("plateau",)))
     episodes_per_step: int = setting(1, "episodes batched in one forward (fills a GPU)", low=1, high=4096)
     fine_grained_share: float = setting(0.0, "share of training episodes drawn fine-grained (all classes from "
                                         "one group)", low=0, high=1)
@@ -480,7 +489,7 @@ def read_keys(cfg: Config, section: str) -> list[str]:
 #: Conditions under which an unread key is refused. Model keys (``fce`` for a ProtoNet, text keys for an image
 #: student) are allowed: one config may serve both directions (``--modality``); ``cmkd config keys`` lists
 #: when each is read.
-ENFORCED = ("command", "distill.method")
+ENFORCED = ("command", "distill.method", "train.budget")
 
 
 def check_read(cfg: Config, given: set[str], command: str | None = None) -> None:

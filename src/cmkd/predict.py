@@ -20,7 +20,9 @@ from cmkd.checkpoint import load_model
 from cmkd.data.augment import to_float
 from cmkd.data.formats.folder import class_folders
 from cmkd.data.images import load_image, read_caption_file
+from cmkd.data.text import CaptionTable
 from cmkd.errors import ImageError
+from cmkd.models.inputs import every_caption
 
 Captions = str | Sequence[str]  # one caption, or several whose embeddings are averaged
 
@@ -64,12 +66,9 @@ class OneShotClassifier:
             x = to_float(torch.from_numpy(np.stack(arrays)).to(self.device))
         if not m.uses_text:
             return m.embed(x)
-        caps = [[t] if isinstance(t, str) else list(t) for t in texts]  # several captions: mean embedding
-        width = max(len(c) for c in caps)
-        flat = [c[i] if i < len(c) else c[0] for c in caps for i in range(width)]
-        text = m.text_encoder.prepare(flat).to(self.device)
-        text = text.view(len(caps), width, *text.shape[1:])
-        mask = torch.tensor([[i < len(c) for i in range(width)] for c in caps], device=self.device)
+        caps = [(t,) if isinstance(t, str) else tuple(t) for t in texts]  # several captions: mean embedding
+        table = CaptionTable.build(caps, m.text_encoder.prepare).to(self.device)
+        text, mask = every_caption(table, torch.arange(len(caps), device=self.device))
         return m.embed(x, text, mask)
 
     def fit(self, images: Sequence[str | Path | np.ndarray], labels: Sequence[str],

@@ -39,7 +39,10 @@ class RunDirectory:
         self._lock = None
 
     def has_run(self) -> bool:
-        return any((self.path / f).exists() for f in ("last.json", "last.prev.json", "best.json", "best.prev.json"))
+        """A run's checkpoints, or those of a budget of a plateau search (``e<episodes>/``)."""
+        names = ("last.json", "last.prev.json", "best.json", "best.prev.json")
+        return any((self.path / f).exists() for f in names) or \
+            any((sub / "last.json").exists() for sub in self.path.glob("e[0-9]*") if sub.is_dir())
 
     def check(self, resume: bool, overwrite: bool) -> None:
         """Refuse to start a new run where one exists unless ``resume`` or ``overwrite`` says what to do,

@@ -145,13 +145,23 @@ def provenance_line(p: dict[str, str | None]) -> str:
 
 
 @contextlib.contextmanager
-def forked_rng(device: torch.device, seed: int | None = None, state: torch.Tensor | None = None) -> Iterator[None]:
-    """torch's global RNG seeded with ``seed`` (or set to the CPU ``state``) inside the block, and the
-    caller's RNG state restored after it: the library draws reproducibly and leaves the process as it was."""
+def forked_rng(device: torch.device, seed: int | None = None, state: RNGState | None = None) -> Iterator[None]:
+    """torch's global RNG seeded with ``seed`` (or set to ``state``, from :func:`rng_state`) inside the block, and
+    the caller's RNG state restored after it: the library draws reproducibly and leaves the process as it was."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, device_type=device.type):
         if state is not None:
-            torch.set_rng_state(state)
+            torch.set_rng_state(state[0])
+            if state[1] is not None:
+                torch.cuda.set_rng_state(state[1], device)
         else:
             torch.manual_seed(seed)
         yield
+
+
+RNGState = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def rng_state(device: torch.device) -> RNGState:
+    """The global RNG state of the CPU and, on a GPU, of ``device`` (to continue a stream later)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None

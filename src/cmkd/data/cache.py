@@ -1,9 +1,10 @@
 """Prepared datasets: every image decoded and resized once into a uint8 array on disk.
 
 A format adapter (CUB, image folder, ...) lists a dataset as a :class:`Listing`; ``prepare``
-decodes it with all cores into ``images.npy`` + ``captions.json`` + ``meta.json``. The
-meta file carries a fingerprint of the inputs (paths, sizes, modification times, options),
-so preparing again with unchanged inputs does nothing and a changed file is detected.
+decodes it with all cores into ``images.npy`` + ``captions.json`` + ``meta.json``, built in a
+private scratch folder and published whole under a lock per name. The meta file carries a
+fingerprint of the inputs (every file's content, the options, splits and groups), so preparing
+again with unchanged inputs does nothing and any changed file or option is detected.
 """
 
 from __future__ import annotations
@@ -91,12 +92,19 @@ def fingerprint(listing: Listing, size: int, channels: int) -> str:
                          "options": listing.options, "splits": listing.splits, "groups": listing.groups},
                         sort_keys=True).encode())
     for r in listing.records:
-        st = r.path.stat()
-        h.update(f"{r.path}|{st.st_size}|{st.st_mtime_ns}|{r.class_name}|{r.bbox}|{r.captions}\n".encode())
+        h.update(f"{r.path}|{_file_sha256(r.path)}|{r.class_name}|{r.bbox}|{r.captions}\n".encode())
     for p in sorted(listing.extra_inputs):
         if p.exists():
-            st = p.stat()
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(f"{p}|{_file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    """The file's content digest (a file rewritten with the same size and time is still noticed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     return h.hexdigest()
 
 

@@ -34,6 +34,7 @@ class FewShotDataset:
     splits: dict[str, list[int]]
     meta: dict = field(default_factory=dict)
     files: list[str] | None = None  # where each sample came from, for messages
+    _digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -83,14 +84,18 @@ class FewShotDataset:
 
     def content_digest(self) -> str:
         """SHA-256 of what a model learns from: classes, splits, labels, captions and every image's pixels.
-        Stored in checkpoints, so a dataset re-prepared with other content under the same name is noticed."""
+        Stored in checkpoints, so a dataset re-prepared with other content under the same name is noticed.
+        Computed once per dataset object (treat a dataset as read-only)."""
+        if self._digest is not None:
+            return self._digest
         h = hashlib.sha256()
         h.update(json.dumps([self.class_names, self.groups, self.splits, self.captions]).encode())
         h.update(np.ascontiguousarray(self.labels.numpy()).data)
         images = np.ascontiguousarray(self.images.numpy())
         for start in range(0, len(images), 4096):
             h.update(images[start:start + 4096].data)
-        return h.hexdigest()
+        self._digest = h.hexdigest()
+        return self._digest
 
     def summary(self) -> dict:
         counts = np.bincount(self.labels.numpy(), minlength=self.num_classes)

@@ -35,9 +35,15 @@ def text_inputs(data: DeviceData, model: FewShotModel, idx: torch.Tensor, captio
         return None, None
     table = caption_table(data, model)
     if all_captions:
-        ids = table.sample_captions[idx]
-        return table.inputs[ids.clamp_min(0)], ids >= 0
+        return every_caption(table, idx)
     return table.inputs[caption_ids if caption_ids is not None else table.first_ids(idx)], None
+
+
+def every_caption(table: CaptionTable, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every caption of samples ``idx`` as encoder inputs ``[len(idx), C, ...]`` and the mask of the real ones
+    ``[len(idx), C]`` (:meth:`FewShotModel.embed` averages their embeddings)."""
+    ids = table.sample_captions[idx]
+    return table.inputs[ids.clamp_min(0)], ids >= 0
 
 
 def embed(data: DeviceData, model: FewShotModel, idx: Indices, images: torch.Tensor | None = None,

@@ -25,7 +25,7 @@ from cmkd.losses.objective import Objective
 from cmkd.models import inputs
 from cmkd.models.fewshot import FewShotModel, build_model, check_same_model
 from cmkd.registry import METHODS
-from cmkd.runtime import forked_rng, provenance, resolve_precision, seed_for
+from cmkd.runtime import forked_rng, provenance, resolve_precision, rng_state, seed_for
 from cmkd.train.distiller import Distiller
 from cmkd.train.forward import EpisodeForward, data_parallel
 from cmkd.train.logs import RunLog, read_logs
@@ -60,7 +60,7 @@ class Trainer:
             if cfg.train.channels_last:
                 self.model = self.model.to(memory_format=torch.channels_last)
             self.lsl = LanguageShaping(cfg.lsl, self.data, self.model.out_dim) if cfg.lsl.weight > 0 else None
-            self._rng_after_init = torch.get_rng_state()  # pre-training continues this stream
+            self._rng_after_init = rng_state(self.device)  # pre-training continues this stream
         method = METHODS.get(cfg.distill.method)(cfg.distill) if teacher is not None else None
         self.distiller = Distiller(teacher, method, cfg, self.data, teacher_cache) if method is not None else None
         self.objective = Objective.build(cfg, self.model.head.loss_name, self.model.regularised,
@@ -108,8 +108,7 @@ class Trainer:
         cfg, e, sched = self.cfg, self.cfg.episode, self.schedule
         gen = torch.Generator(device=self.device).manual_seed(sched.seed(step))
         episodes = sched.indices(step)
-        n_ep = episodes.shape[0]
-        rows = episodes.reshape(-1)
+        n_ep, rows = episodes.shape[0], episodes.reshape(-1)
         flat = self.data.upload(rows)
         live = self.distiller.live if self.distiller is not None else None
         needs_images = self.model.uses_image or (live is not None and live.uses_image)
