@@ -4,6 +4,7 @@ distillation method's terms for a step (Zhao et al., ICASSP 2021)."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ from cmkd.losses.distillation import Method
 from cmkd.models import inputs
 from cmkd.models.fewshot import FewShotModel
 from cmkd.runtime import autocast, resolve_precision
+
+log = logging.getLogger("cmkd")
 
 
 def embed_teacher(teacher: FewShotModel, data: DeviceData, cfg: Config) -> Embedded:
@@ -49,6 +52,9 @@ class Distiller:
         self.precision = resolve_precision(cfg.train.precision, data.device)
         self.cache = None
         if cfg.distill.teacher_inputs == "clean":
+            if cache is None:
+                log.info("the teacher embeds the %d base samples once (its clean view, cached for every step)",
+                         len(data.dataset.split_indices("base")))
             self.cache = cache or embed_teacher(self.teacher, data, cfg)
 
     @property
