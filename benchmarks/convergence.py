@@ -67,6 +67,7 @@ class Grid:
         self.lists = {label: episode_list(self.data, split, s, eval_episodes, seed)
                       for label, (split, seed, s) in SETTINGS.items()}
         self.teachers: dict[str, Trainer] = {}
+        self.caches: dict = {}  # teacher cell -> its embeddings of the base split
 
     def done(self, name: str) -> bool:
         return (self.cells / f"{name}.json").exists()
@@ -75,8 +76,10 @@ class Grid:
         val_every = max(1, episodes // self.val_points)
         cfg = load_config(config, flags={**self.base, **flags, "name": name, "train.episodes": episodes,
                                          "train.val_every": val_every})
-        cache = teacher.teacher_cache if teacher is not None else None
+        cache = self.caches.get(teacher.cfg.name) if teacher is not None else None
         trainer = Trainer(cfg, self.dataset, teacher=teacher.model if teacher else None, teacher_cache=cache)
+        if teacher is not None:  # one teacher pass serves all its students
+            self.caches[teacher.cfg.name] = trainer.teacher_cache
         resume = (cfg.run_dir / "last.json").exists()
         start = time.perf_counter()
         trainer.fit(resume=resume, overwrite=not resume, progress=False, desc=name)

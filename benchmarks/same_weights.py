@@ -69,9 +69,9 @@ def run(args: argparse.Namespace) -> None:
         out[name] = {"digest": digest(t.model), "val": [h["val_acc"] for h in history]}
         teacher = t if name == "teacher" else teacher
         print(name, out[name], flush=True)
-    model = Trainer(load_config("glyphs_student", flags={**base, "name": "student"}), ds).load_best()
+    student = Trainer(load_config("glyphs_student", flags={**base, "name": "student"}), ds)
+    model, data = student.load_best(), student.data
     settings = [EpisodeSetting(5, s, 15, f) for s in (1, 5) for f in (False, True)]
-    data = Trainer(load_config("glyphs_student", flags={**base, "name": "student"}), ds).data
     accs = evaluate_lists(model, data, [episode_list(data, "novel", s, 100, 2021) for s in settings],
                           [(s.way, s.shot) for s in settings])
     out["eval"] = [np.round(a, 6).tolist() for a in accs]

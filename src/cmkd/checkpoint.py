@@ -21,16 +21,8 @@ from safetensors.torch import load_file, save
 
 from cmkd.config import ModelConfig, build_section
 from cmkd.errors import CheckpointError, ConfigError
-from cmkd.files import refuse_link, write_atomic
+from cmkd.files import file_sha256, refuse_link, write_atomic
 from cmkd.models.fewshot import FewShotModel
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def spec_digest(spec: dict) -> str:
@@ -134,7 +126,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     weights = info.with_name(name)
     if not weights.exists():
         raise CheckpointError(f"checkpoint weights {weights} named by {info.name} are missing")
-    if _sha256(weights) != meta.get("weights_sha256"):
+    if file_sha256(weights) != meta.get("weights_sha256"):
         raise CheckpointError(f"checkpoint weights {weights} do not match the checksum in {info.name}: the "
                               "file is truncated or was altered; use an earlier checkpoint")
     if "spec_sha256" in meta and spec_digest(meta.get("spec")) != meta["spec_sha256"]:

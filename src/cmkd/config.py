@@ -282,15 +282,9 @@ def choices(key: str) -> tuple[str, ...]:
     return found
 
 
-def _sections() -> set[str]:
-    return {k.rsplit(".", i)[0] for k in schema() for i in range(1, k.count(".") + 1)}
-
-
 def _coerce(key: Key, value: Any) -> Any:
     """``value`` as ``key``'s type, or a :class:`ConfigError` naming the key."""
     kind, optional = key.type, False
-    if isinstance(kind, str):  # a postponed annotation
-        kind = eval(kind, vars(typing))  # noqa: S307 (our own annotations: int, float, bool, str, str | None)
     if isinstance(kind, types.UnionType):
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         kind, optional = args[0], len(args) < len(typing.get_args(kind))

@@ -12,6 +12,7 @@ less the umask).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -54,15 +55,29 @@ def scratch_for(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         raise
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def flush_to_disk(path: Path) -> None:
+    """``fsync`` a finished file (not through a link) before it is published."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def publish(tmp: Path, path: Path, sync: bool = True) -> None:
     """Move the finished ``tmp`` to ``path`` in one step (after flushing it to disk when ``sync``)."""
     refuse_link(path)
     if sync:
-        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        flush_to_disk(tmp)
     os.replace(tmp, path)
 
 

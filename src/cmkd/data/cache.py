@@ -30,7 +30,7 @@ from cmkd.config import SPLITS
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.images import load_image
 from cmkd.errors import DatasetError, ImageError
-from cmkd.files import open_lock, refuse_link
+from cmkd.files import file_sha256, flush_to_disk, open_lock, refuse_link
 
 log = logging.getLogger("cmkd")
 
@@ -92,19 +92,10 @@ def fingerprint(listing: Listing, size: int, channels: int) -> str:
                          "options": listing.options, "splits": listing.splits, "groups": listing.groups},
                         sort_keys=True).encode())
     for r in listing.records:
-        h.update(f"{r.path}|{_file_sha256(r.path)}|{r.class_name}|{r.bbox}|{r.captions}\n".encode())
+        h.update(f"{r.path}|{file_sha256(r.path)}|{r.class_name}|{r.bbox}|{r.captions}\n".encode())
     for p in sorted(listing.extra_inputs):
         if p.exists():
-            h.update(f"{p}|{_file_sha256(p)}\n".encode())
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    """The file's content digest (a file rewritten with the same size and time is still noticed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+            h.update(f"{p}|{file_sha256(p)}\n".encode())
     return h.hexdigest()
 
 
@@ -205,11 +196,7 @@ def _build(listing: Listing, folder: Path, name: str, size: int, channels: int, 
             "images": len(keep), "skipped_bad": bad, "warnings": listing.warnings, "options": listing.options}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
     for f in CACHE_FILES:
-        fd = os.open(folder / f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        flush_to_disk(folder / f)
 
 
 @contextlib.contextmanager
