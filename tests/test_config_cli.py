@@ -47,3 +47,15 @@ def test_cli_shot_plus_query_larger_than_a_class(capsys, tmp_path):
 def test_cli_missing_config_file(capsys, tmp_path):
     assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_messages_go_to_the_stderr_of_the_moment(capsys):
+    """The CLI's log handler is installed once; a later main() with another stderr still gets the messages."""
+    import logging
+
+    from cmkd.cli import _show_messages
+
+    _show_messages()
+    capsys.readouterr()
+    logging.getLogger("cmkd").info("a message from cmkd")
+    assert "a message from cmkd" in capsys.readouterr().err

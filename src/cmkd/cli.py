@@ -183,11 +183,13 @@ def _role(meta: dict) -> dict:
 
 def _distinct_runs(name: str, loaded: list, notes: list[str]) -> list:
     """The runs of one method: refused when they differ in model, method or data; identical weights once."""
-    first_path, _, first = loaded[0]
+    first_path, _, first_meta = loaded[0]
+    first = _role(first_meta)
     out, seen = [], {}
     for path, model, meta in loaded:
-        if _role(meta) != _role(first):
-            diff = {k: (v, _role(meta)[k]) for k, v in _role(first).items() if _role(meta)[k] != v}
+        role = _role(meta)
+        if role != first:
+            diff = {k: (v, role[k]) for k, v in first.items() if role[k] != v}
             raise ConfigError(f"evaluate: {name} pools {first_path} and {path}, which are not runs of one method "
                               f"(differ in {', '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in diff.items())}); "
                               "give each its own NAME=")
@@ -501,12 +503,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a message is emitted (``main`` may run again with stderr
+    redirected or captured; a handler bound to the first stderr would write to a closed stream)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 def _show_messages() -> None:
     """The library logs to the ``cmkd`` logger and leaves handlers to its user; the command line shows
     its messages (the objective, resumes, recoveries) on stderr, one plain line each."""
     log = logging.getLogger("cmkd")
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
