@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.registry import load_dataset
 from cmkd.eval.evaluate import episode_list, evaluate_lists
 from cmkd.eval.stats import over_seeds, paired_over_seeds
+from cmkd.files import write_atomic
 from cmkd.runtime import configure_cpu
 from cmkd.train.loop import Trainer
 
@@ -98,10 +98,7 @@ class Grid:
                   "eval_episodes": self.eval_episodes, "query": 15,
                   "accuracy": {k: float(a.mean()) for k, a in zip(labels, accs)},
                   "per_episode": {k: np.round(a, 4).tolist() for k, a in zip(labels, accs)}}
-        path = self.cells / f"{name}.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        write_atomic(self.cells / f"{name}.json", json.dumps(record))
         print(f"{name}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in record["accuracy"].items() if "1-shot" in k)
               + f" ({seconds:.0f} s)", flush=True)
 
@@ -181,7 +178,7 @@ def report(args: argparse.Namespace) -> None:
         print(f"| {role} | {budget} | {len(seeds)} | {np.mean(row['train_seconds']):.0f} | {' | '.join(shown)} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1))
+        write_atomic(args.out, json.dumps(out, indent=1), sync=False)
     if args.plot:
         plot(out, args.plot, args.plot_setting)
 

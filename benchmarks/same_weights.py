@@ -24,6 +24,7 @@ import torch
 from cmkd.config import load_config
 from cmkd.data.registry import load_dataset
 from cmkd.eval.evaluate import episode_list, evaluate_lists
+from cmkd.files import write_atomic
 from cmkd.runtime import configure_cpu
 from cmkd.train.loop import Trainer
 
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> None:
     accs = evaluate_lists(model, data, [episode_list(data, "novel", s, 100, 2021) for s in settings],
                           [(s.way, s.shot) for s in settings])
     out["eval"] = [np.round(a, 6).tolist() for a in accs]
-    args.out.write_text(json.dumps(out, indent=0))
+    write_atomic(args.out, json.dumps(out, indent=0), sync=False)
 
 
 def compare(args: argparse.Namespace) -> None:
