@@ -14,7 +14,7 @@ LAYERS = [
     ("cmkd.checkpoint", "cmkd.run_folder"),
     ("cmkd.eval",),
     ("cmkd.train",),
-    ("cmkd.predict", "cmkd.demo", "cmkd.cli", "cmkd.__main__", "cmkd"),
+    ("cmkd.predict", "cmkd.deploy", "cmkd.demo", "cmkd.cli", "cmkd.__main__", "cmkd"),
 ]
 
 

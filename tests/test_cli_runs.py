@@ -23,7 +23,10 @@ def test_train_distill_evaluate_from_the_cli(tmp_path, capsys):
                  "--episodes", "20", "--shots", "1", "--fine-grained", "--out", str(result_path)]) == 0
     printed = capsys.readouterr().out
     assert "| student |" in printed and "teacher - student" in printed
+    assert "± is the 95% interval of the mean over the episodes (Student t)" in printed
+    assert "on 20 fixed novel episodes per setting" in printed and "p two-sided against no difference" in printed
     result = json.loads(result_path.read_text())
+    assert {m["null"] for s in result["settings"] for m in s["methods"].values()} == {0.2}  # p against chance
     assert [s["label"] for s in result["settings"]] == ["5-way 1-shot", "5-way 1-shot fine-grained"]
     assert result["episodes"] == 20 and result["split"] == "novel"
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from cmkd.eval.stats import betainc, mean_ci, paired_over_seeds, t_two_sided_p
+from cmkd.eval.stats import betainc, mean_ci, over_seeds, paired_over_seeds, t_quantile, t_two_sided_p
 
 
 def test_mean_ci_formula():
@@ -84,3 +84,12 @@ def test_seed_for_is_stable_and_separates_purposes():
     seeds = {seed_for(0, "step", 3), seed_for(0, "step", 4), seed_for(1, "step", 3), seed_for(0, "episodes", 3)}
     assert len(seeds) == 4
     assert 0 <= seed_for(2**31, "x", 10**9) < 2**63
+
+
+def test_an_accuracy_is_tested_against_chance_and_a_difference_against_zero():
+    rng = np.random.default_rng(0)
+    at_chance = (rng.random((1, 400)) < 0.2).astype(float)  # 5-way guessing
+    assert over_seeds(at_chance, chance=0.2).p > 0.01 and over_seeds(at_chance).p < 1e-6
+    stat = over_seeds(at_chance, chance=0.2)
+    assert stat.null == 0.2 and stat.t == pytest.approx((stat.mean - 0.2) / (stat.ci95 / t_quantile(0.05, stat.dof)))
+    assert paired_over_seeds(at_chance, at_chance).null == 0.0

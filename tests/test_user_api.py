@@ -27,11 +27,21 @@ def test_version_and_python_dash_m(capsys):
     assert done.returncode == 0 and "glyphs_teacher" in done.stdout and "cub/conv4_cmkd" in done.stdout
 
 
-def test_help_shows_defaults_and_an_example(capsys):
+def test_help_shows_defaults_and_examples_of_its_own_command(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     text = capsys.readouterr().out
-    assert "(default: 600)" in text and "--config glyphs_teacher" in text
+    assert "(default: 600)" in text and "cmkd evaluate runs/glyphs_student" in text
+    assert "cmkd train" not in text and "(default: None)" not in text and "(default: False)" not in text
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = capsys.readouterr().out
+    assert "cmkd predict --model" in text and "--model MODEL         student run" in text
+    assert "(default: None)" not in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert all(f"cmkd {c}" in text for c in ("train", "distill", "evaluate", "predict", "export", "prepare"))
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     missing = [f"{name} {a.dest}" for name, sp in sub.choices.items() for a in sp._actions if not a.help]
     assert not missing, f"options without help: {missing}"

@@ -78,9 +78,32 @@ def _readme_python_examples() -> list[str]:
 
 def test_the_readme_python_examples_run_as_written(installed):
     examples = _readme_python_examples()
-    assert len(examples) == 2
+    assert len(examples) == 3
     for i, code in enumerate(examples):
         path = installed[1] / f"example_{i}.py"
         path.write_text(code)
         done = _run(installed, str(path), timeout=900)
         assert done.returncode == 0, f"README example {i + 1} failed:\n{done.stderr[-3000:]}"
+
+
+def test_shipped_texts_point_only_at_files_the_wheel_holds(installed):
+    """A path like benchmarks/RESULTS.md in a docstring, config or note of the package must be in the wheel, or be
+    named as a file of the source repository."""
+    site = installed[0] / "site"
+    cited = re.compile(r"\b((?:benchmarks|docs|scripts|tools|tests)/[\w./-]+)")
+    missing = []
+    for f in (site / "cmkd").rglob("*"):
+        if f.suffix not in (".py", ".md", ".yaml", ".json", ".txt"):
+            continue
+        for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
+            for path in cited.findall(line):
+                if not (site / "cmkd" / path).exists() and "source repository" not in line:
+                    missing.append(f"{f.relative_to(site)}:{n}: {path}")
+    assert not missing, missing
+
+
+def test_help_lists_the_api(installed):
+    done = _run(installed, "-c", "import cmkd, pydoc; print(pydoc.render_doc(cmkd)); print(dir(cmkd))")
+    assert done.returncode == 0, done.stderr
+    for name in ("EpisodeBatchSampler", "OneShotClassifier", "register", "export", "load_model"):
+        assert name in done.stdout

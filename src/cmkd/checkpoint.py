@@ -166,23 +166,32 @@ def model_state(tensors: dict[str, torch.Tensor], prefix: str = "model") -> dict
     return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[FewShotModel, dict]:
-    """A model from a checkpoint (``best``/``last`` file or a run directory), in eval mode."""
+_UNKNOWN_PART = ("if it names a part of your own, register it first (cmkd.register; on the command line "
+                 "cmkd --import your_module ...), otherwise the file is damaged")
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu",
+               image_encoder: torch.nn.Module | None = None) -> tuple[FewShotModel, dict]:
+    """A model from a checkpoint (``best``/``last`` file or a run directory), in eval mode, and its metadata.
+
+    A model trained around your own image encoder object needs a fresh instance of it (``image_encoder=``);
+    one whose encoder class you registered (:func:`cmkd.register`) needs only the registration."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.json"
     elif path.suffix != ".json":
         raise CheckpointError(f"{path} is neither a run directory nor a checkpoint .json file")
     tensors, meta, used = load_latest_good(path)
-    model = model_from_checkpoint(tensors, meta, used)
+    model = model_from_checkpoint(tensors, meta, used, image_encoder)
     meta = {**meta, "loaded_from": str(used)}  # differs from the path asked for when it fell back to .prev
     model = model.to(device)
     if meta.get("config", {}).get("train", {}).get("channels_last", False):
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model.eval(), meta
 
 
-def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> FewShotModel:
+def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, path: Path,
+                          image_encoder: torch.nn.Module | None = None) -> FewShotModel:
     """The model a checkpoint describes, after checking its ``spec`` field by field and against the
     stored tensor shapes (on the meta device, so an absurd spec costs no memory)."""
     spec = meta.get("spec")
@@ -199,16 +208,29 @@ def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, path: Pa
         raise CheckpointError(f"{path}: field 'spec.vocab' must be {{'words': [text, ...]}}; the file is damaged")
     try:
         model_cfg = build_section(ModelConfig, spec["model"], "spec.model.")
-        spec = {**spec, "model": dataclasses.asdict(model_cfg)}
-        with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in FewShotModel.from_spec(spec).state_dict().items()}
     except (ConfigError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: its 'spec' does not describe a model ({err}); the file is damaged") from None
+        raise CheckpointError(f"{path}: its 'spec' does not describe a model ({err}); {_UNKNOWN_PART}") from None
+    spec = {**spec, "model": dataclasses.asdict(model_cfg)}
+    if bool(spec.get("custom_image_encoder")) != (image_encoder is not None):
+        try:
+            FewShotModel.from_spec(spec, image_encoder)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+    if image_encoder is not None:  # the user's module holds real tensors: build for real, then compare
+        model = FewShotModel.from_spec(spec, image_encoder)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    else:
+        try:
+            with torch.device("meta"):
+                shapes = {k: tuple(v.shape) for k, v in FewShotModel.from_spec(spec).state_dict().items()}
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: its 'spec' does not describe a model ({err}); {_UNKNOWN_PART}") from None
     stored = {k: tuple(v.shape) for k, v in model_state(tensors).items()}
     if stored != shapes:
         diff = sorted(set(stored.items()) ^ set(shapes.items()))[:3]
         raise CheckpointError(f"{path}: its 'spec' does not match its weights (first differences: {diff}); the file "
                               "is damaged or was edited")
-    model = FewShotModel.from_spec(spec)
+    if image_encoder is None:
+        model = FewShotModel.from_spec(spec)
     model.load_state_dict(model_state(tensors))
     return model

@@ -1,4 +1,4 @@
-"""The ``cmkd`` command line: prepare, datasets, train, distill, evaluate, predict, demo."""
+"""The ``cmkd`` command line: prepare, datasets, train, distill, evaluate, predict, export, config, demo."""
 
 from __future__ import annotations
 
@@ -121,7 +121,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _check_evaluate_args(args)
     ensure_writable_folder(args.out.parent)  # before any model is scored
     device = distributed.setup(args.device)
-    models, metas, notes = {}, {}, []
+    models: dict[str, list] = {}
+    metas: dict[str, dict] = {}
+    notes: list[str] = []
     for spec in args.runs:
         name, _, paths = spec.partition("=") if "=" in spec else (Path(spec).name, "", spec)
         loaded = [(p, *load_model(p, device)) for p in paths.split(",") if p]
@@ -185,7 +187,8 @@ def _distinct_runs(name: str, loaded: list, notes: list[str]) -> list:
     """The runs of one method: refused when they differ in model, method or data; identical weights once."""
     first_path, _, first_meta = loaded[0]
     first = _role(first_meta)
-    out, seen = [], {}
+    out: list = []
+    seen: dict = {}
     for path, model, meta in loaded:
         role = _role(meta)
         if role != first:
@@ -284,7 +287,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         mark = "" if r["label"] is None else ("  ✓" if r["predicted"] == r["label"] else f"  ✗ (is {r['label']})")
         print(f"{_printable(r['query'])}: {_printable(r['predicted'])}  ["
               + ", ".join(f"{_printable(c)} {v:.2f}" for c, v in top) + f"]{_printable(mark)}")
-    if hits:
+    if accuracy is not None:
         print(f"accuracy {100 * accuracy:.1f}% over {len(hits)} labelled queries "
               f"({len(clf.classes)} classes, {len(support)} support images)")
 
@@ -299,6 +302,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from cmkd.data.formats.cub import list_cub
     from cmkd.data.formats.flowers import list_flowers
     from cmkd.data.formats.folder import list_folder
+    from cmkd.data.formats.table import list_table
     from cmkd.data.registry import data_home
     from cmkd.run_folder import ensure_writable_folder
 
@@ -307,14 +311,24 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     if not 0 <= args.seed <= 2**31 - 1:
         raise ConfigError(f"--seed {args.seed} must be from 0 to {2**31 - 1}")
     ensure_writable_folder(args.out.parent if args.out else data_home())  # before decoding
+    if args.format != "table" and (args.root is None or args.file is not None):
+        raise ConfigError(f"prepare {args.format} reads --root (a folder), not --file; --file is for "
+                          "prepare table")
     if args.format == "cub":
         listing = list_cub(args.root, args.captions, args.crop, args.split_file, args.skip_bad)
     elif args.format == "flowers":
         listing = list_flowers(args.root, args.captions, args.split_file, seed=args.seed)
+    elif args.captions or args.crop or args.split_file:
+        raise ConfigError(f"the {args.format} format keeps captions, splits and groups in its "
+                          f"{'table' if args.format == 'table' else '--root'}; drop --captions/--crop/--split-file")
+    elif args.format == "table":
+        if args.file is None or args.root is not None:
+            raise ConfigError("prepare table reads --file data.csv|data.jsonl (paths relative to its folder), "
+                              "not --root")
+        listing = list_table(args.file, seed=args.seed)
+    elif args.root is not None and (args.root / "metadata.jsonl").is_file():  # the image folder + metadata.jsonl
+        listing = list_table(args.root / "metadata.jsonl", seed=args.seed, label_from_folder=True)
     else:
-        if args.captions or args.crop or args.split_file:
-            raise ConfigError("the folder format keeps captions, splits.json and groups.json inside --root; "
-                             "drop --captions/--crop/--split-file")
         listing = list_folder(args.root, seed=args.seed)
     out = args.out or data_home() / (args.name or f"{args.format}_{args.size}")
     for w in listing.warnings:
@@ -326,6 +340,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
           f"{ {k: len(v) for k, v in meta['splits'].items()} }, {len(meta['skipped_bad'])} bad image(s) skipped")
     for bad in meta["skipped_bad"]:
         print(f"  skipped: {bad}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from cmkd.deploy import export
+
+    out = export(args.run, args.out, args.format, args.way)
+    print(f"{out}: {args.format} graph (support [S, C, H, W] and query [Q, C, H, W] in [0, 1], support_labels [S] "
+          "-> logits [Q, way])")
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
@@ -390,18 +412,50 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), quick=args.quick, with_baselines=not args.no_baselines)
 
 
-EPILOG = """examples:
-  cmkd train --config glyphs_teacher                         # a shipped config, by name
-  cmkd train --config glyphs_student train.episodes=300 train.lr=0.001
-  cmkd distill --config glyphs_distill --teacher runs/glyphs_teacher --modality text
-  cmkd config show glyphs_teacher train.lr=0.01              # the effective config
-  cmkd evaluate student=runs/s0,runs/s1,runs/s2 srl=runs/d0,runs/d1,runs/d2 --fine-grained
+PRECEDENCE = "config precedence: defaults < --config file < flags you typed < section.key=value overrides"
 
-config precedence: defaults < --config file < flags you typed < section.key=value overrides"""
+#: A few examples per subcommand, shown under its --help (the top-level help shows the first of each).
+EXAMPLES = {
+    "train": ["cmkd train --config glyphs_teacher                         # a shipped config, by name",
+              "cmkd train --config glyphs_student train.episodes=300 train.lr=0.001",
+              "cmkd train --config glyphs_student train.budget=plateau    # double episodes until val stops gaining"],
+    "distill": ["cmkd distill --config glyphs_distill --teacher runs/glyphs_teacher",
+                "cmkd distill --config glyphs_distill --teacher runs/glyphs_teacher --modality text",
+                "cmkd distill --config glyphs_distill --teacher runs/glyphs_teacher --method kd --name kd"],
+    "evaluate": ["cmkd evaluate runs/glyphs_student runs/glyphs_distill --fine-grained",
+                 "cmkd evaluate student=runs/s0,runs/s1,runs/s2 srl=runs/d0,runs/d1,runs/d2 --shots 1"],
+    "predict": ["cmkd predict --model runs/glyphs_distill --support support/ --query photos/",
+                "cmkd predict --model runs/glyphs_distill --support support/ --query q1.png q2.png --json"],
+    "export": ["cmkd export runs/glyphs_distill --out student.onnx",
+               "cmkd export runs/glyphs_distill --format pt2 --out student.pt2 --way 10   # torch.export.load"],
+    "prepare": ["cmkd prepare cub --root CUB_200_2011 --captions text_c10 --size 84 --name cub_84",
+                "cmkd prepare folder --root my_images/ --size 64 --name mine",
+                "cmkd prepare table --file data.csv --size 64 --name mine      # path,label,caption[,group,split]"],
+    "datasets": ["cmkd datasets", "cmkd datasets --json"],
+    "config": ["cmkd config list", "cmkd config keys",
+               "cmkd config show glyphs_teacher train.lr=0.01              # the effective config"],
+    "demo": ["cmkd demo", "cmkd demo --quick --out /tmp/demo"],
+}
+
+
+def _epilog(command: str | None = None) -> str:
+    if command is not None:
+        lines = EXAMPLES[command]
+        tail = f"\n\n{PRECEDENCE}" if command in ("train", "distill", "config") else ""
+    else:
+        lines = [e[0] for e in EXAMPLES.values()] + ["cmkd --import my_parts train model.backbone=mynet   # "
+                                                     "your own registered parts"]
+        tail = f"\n\n{PRECEDENCE}"
+    return "examples:\n" + "\n".join("  " + line for line in lines) + tail
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown in --help, and the epilog's line breaks kept."""
+    """Defaults shown in --help (where there is one to show), and the epilog's line breaks kept."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -409,12 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="cmkd", description="Cross-modal knowledge distillation for "
                                 "fine-grained one-shot classification (Zhao et al., ICASSP 2021)",
-                                epilog=EPILOG, formatter_class=_Help)
+                                epilog=_epilog(), formatter_class=_Help)
     p.add_argument("--version", action="version", version=f"cmkd {__version__}")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a Python module first (one that calls cmkd.register for your own parts); repeatable")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, helptext: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=helptext, description=helptext, epilog=EPILOG, formatter_class=_Help)
+        return sub.add_parser(name, help=helptext, description=helptext, epilog=_epilog(name), formatter_class=_Help)
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", help="YAML config: a path or a shipped name (cmkd config list); flags and "
@@ -470,8 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     pp = add("prepare", "decode a dataset once into the cache that training loads")
-    pp.add_argument("format", choices=["cub", "flowers", "folder"], help="the dataset's on-disk format")
-    pp.add_argument("--root", required=True, type=Path, help="CUB_200_2011/, the Oxford-102 folder, or ROOT/<class>/")
+    pp.add_argument("format", choices=["cub", "flowers", "folder", "table"], help="the dataset's on-disk format")
+    pp.add_argument("--root", type=Path, help="CUB_200_2011/, the Oxford-102 folder, or ROOT/<class>/ (with an "
+                    "optional ROOT/metadata.jsonl holding file_name and captions)")
+    pp.add_argument("--file", type=Path, help="table: a .csv or .jsonl with columns path, label, caption[s] and "
+                    "optional group, split")
     pp.add_argument("--captions", type=Path, help="caption tree (Reed et al.'s text_c10/) for cub and flowers")
     pp.add_argument("--size", type=int, default=84, help="square image side after resizing")
     pp.add_argument("--channels", type=int, choices=[1, 3], default=3, help="1: grey, 3: RGB")
@@ -483,6 +542,15 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them")
     pp.add_argument("--workers", type=int, help="decoding processes (none: all cores)")
     pp.set_defaults(func=cmd_prepare)
+
+    ex = add("export", "write a trained image model as one ONNX or torch.export graph (support, labels, query -> "
+             "logits)")
+    ex.add_argument("run", type=Path, help="run directory or checkpoint of an image model (the student)")
+    ex.add_argument("--out", type=Path, required=True, help="file to write (.onnx or .pt2)")
+    ex.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
+                    help="onnx: any ONNX runtime; pt2: a torch.export program (torch.export.load)")
+    ex.add_argument("--way", type=int, help="classes per episode the graph scores (none: the run's episode.way)")
+    ex.set_defaults(func=cmd_export)
 
     ds = add("datasets", "list available datasets with counts")
     ds.add_argument("--json", action="store_true", help="machine-readable output")
@@ -507,7 +575,7 @@ class _CurrentStderr(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a message is emitted (``main`` may run again with stderr
     redirected or captured; a handler bound to the first stderr would write to a closed stream)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):  # noqa: ANN201
         return sys.stderr
 
@@ -527,6 +595,21 @@ def _show_messages() -> None:
         log.setLevel(logging.INFO)
 
 
+def _import_user_module(name: str) -> None:
+    """``--import``: a module of the user's (on sys.path or in the working directory) that registers parts."""
+    import importlib
+
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name.split(".")[0] and err.name != name:
+            raise
+        raise ConfigError(f"--import {name}: no such module on the Python path or in the working directory "
+                          "(give its importable name, e.g. my_parts for ./my_parts.py)") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _show_messages()
     parser = build_parser()
@@ -538,6 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
+        for module in args.imports:
+            _import_user_module(module)
         args.func(args)
     except USER_ERRORS as err:
         # the project's own errors name the file or field and the fix; anything else is a bug: traceback

@@ -30,7 +30,7 @@ from cmkd.registry import BACKBONES, FUSIONS, HEADS, METHODS, TEXT_ENCODERS, Reg
 SPLITS = ("base", "val", "novel")
 
 #: Where a key is read: ``(dotted key, values)``; the pseudo key ``command`` is the ``cmkd`` subcommand.
-ReadWhen = tuple[str, tuple[Any, ...]]
+ReadWhen = tuple[str, tuple[Any, ...] | str]  # (key, allowed values or "positive")
 
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | Registry | None = None,
@@ -131,8 +131,7 @@ class TrainConfig:
     val_query: int = setting(15, "queries per class in the val episodes", low=1, high=1000)
     tensorboard: bool = setting(False, "also log to <run>/tensorboard (needs the tensorboard package)",
                                 resume="free")
-    channels_last: bool = setting(True, "channels-last memory format (measured faster for Conv-4 on CPUs; "
-                                  "docs/design.md, speed model)")
+    channels_last: bool = setting(True, "channels-last memory format (measured faster for Conv-4 on CPUs)")
     precision: str = setting("auto", "encoder precision: 'fp32', 'bf16', 'fp16' (autocast) or 'auto' (bf16 on "
                              "GPUs, fp32 on CPUs)", choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = setting(False, "torch.compile the training forward (pays off on GPUs for long runs)",
@@ -149,7 +148,7 @@ class TrainConfig:
 
 @dataclass
 class SRLConfig:
-    """The Spatial Relation Loss (Zhao et al., ICASSP 2021) as docs/design.md specifies it:
+    """The Spatial Relation Loss (Zhao et al., ICASSP 2021), as :mod:`cmkd.losses.srl` computes it:
     ``rel * L_rel + dist * L_dist + angle * L_angle``."""
 
     rel: float = setting(1.0, "weight of the relation term: KL between teacher and student relation distributions",
@@ -245,11 +244,16 @@ class Key:
     type: Any
     default: Any
     help: str
-    choices: tuple[str, ...] | None
+    fixed_choices: tuple[str, ...] | None
     range: tuple[float | None, float | None, bool]
     resume: str
     read_when: tuple[ReadWhen, ...]  # all must hold (the key's own and its sections')
     registry: Registry | None = None  # where the choices come from, with a line of help each
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        """The allowed values; a registry's names as they are now (parts registered later included)."""
+        return self.registry.names if self.registry is not None else self.fixed_choices
 
 
 @cache
@@ -268,7 +272,7 @@ def schema() -> dict[str, Key]:
             choices = meta.get("choices")
             registry = choices if isinstance(choices, Registry) else None
             out[name] = Key(name, hints[f.name], f.default, meta["help"],
-                            tuple(choices.names) if registry is not None else choices,
+                            None if registry is not None else choices,
                             meta.get("range", (None, None, False)), meta.get("resume", "fixed"), own, registry)
 
     walk(Config, "", ())
@@ -375,7 +379,7 @@ def upgrade(tree: dict[str, Any]) -> dict[str, Any]:
 def build_section(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """A section of the config (e.g. :class:`ModelConfig`) from a mapping, each key, type, choice and range
     checked; errors name ``prefix + key``."""
-    root = next(f.name for f in dataclasses.fields(Config) if f.default_factory is cls) + "."  # type: ignore[misc]
+    root = next(f.name for f in dataclasses.fields(Config) if f.default_factory is cls) + "."
     obj = _build(cls, values, prefix, root)
     for f in dataclasses.fields(cls):
         _check_value(dataclasses.replace(schema()[root + f.name], name=prefix + f.name), getattr(obj, f.name))

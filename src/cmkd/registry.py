@@ -16,7 +16,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Entry:
-    target: str  # "package.module:attribute"
+    target: str | Callable[..., Any]  # "package.module:attribute", or the implementation itself
     help: str
 
 
@@ -30,15 +30,42 @@ class Registry:
     def names(self) -> tuple[str, ...]:
         return tuple(self.entries)
 
-    def get(self, name: str) -> Callable[..., Any]:
+    def get(self, name: str) -> Any:
         """The implementation registered as ``name`` (an error naming the valid ones otherwise)."""
         if name not in self.entries:
             raise ValueError(f"unknown {self.kind} '{name}'; available: {', '.join(self.names)}")
-        module, _, attr = self.entries[name].target.partition(":")
+        target = self.entries[name].target
+        if not isinstance(target, str):
+            return target
+        module, _, attr = target.partition(":")
         return getattr(importlib.import_module(module), attr)
 
     def build(self, name: str, **kwargs: Any) -> Any:
         return self.get(name)(**kwargs)
+
+    def add(self, name: str, implementation: str | Callable[..., Any], help: str = "") -> None:
+        """Register ``implementation`` as ``name``; registering the same one again is a no-op."""
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"a {self.kind} name must be letters, digits, '-' or '_', got {name!r}")
+        old = self.entries.get(name)
+        if old is not None and old.target is not implementation and old.target != implementation:
+            raise ValueError(f"'{name}' is already a {self.kind} ({old.help or old.target}); choose another name")
+        self.entries[name] = Entry(implementation, help or getattr(implementation, "__doc__", None) or "")
+
+
+def register(kind: str, name: str, implementation: str | Callable[..., Any], help: str = "") -> None:
+    """Make your own part usable by name in configs, on the command line and in checkpoints (Python API).
+
+    ``kind`` is ``"backbone"`` (called with ``in_channels``, ``image_size``, ``dropblock``; returns an
+    ``nn.Module`` mapping ``[B, C, H, W]`` to ``[B, D]``), ``"head"`` (a class with ``from_config(cfg, dim=,
+    map_shape=)``, see :class:`cmkd.models.heads.FewShotHead`), ``"text_encoder"`` (called with ``vocab``,
+    ``out_dim``, ``word_dropout``) or ``"fusion"`` (called with ``image_dim``, ``text_dim``, ``out_dim``).
+    A checkpoint stores the name, so register it again before loading (``cmkd --import your_module`` on
+    the command line imports a module that does)."""
+    kinds = {"backbone": BACKBONES, "head": HEADS, "text_encoder": TEXT_ENCODERS, "fusion": FUSIONS}
+    if kind not in kinds:
+        raise ValueError(f"unknown kind {kind!r}; one of {', '.join(kinds)}")
+    kinds[kind].add(name, implementation, help)
 
 
 #: Few-shot heads; built as ``cls.from_config(cfg, dim=..., map_shape=...)``.

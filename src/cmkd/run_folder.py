@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import IO
 
 from cmkd.checkpoint import load_checkpoint
 from cmkd.errors import CheckpointError, OutputFolderError
@@ -36,7 +37,7 @@ class RunDirectory:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._lock = None
+        self._lock: IO[str] | None = None
 
     def has_run(self) -> bool:
         """A run's checkpoints, or those of a budget of a plateau search (``e<episodes>/``)."""

@@ -26,7 +26,7 @@ def configure_cpu(threads: int = 0) -> int:
 
     glibc returns large buffers to the OS on every free, and re-faulting them each step was
     measured to cost up to 2x on Conv-4 here; disabling mmap for large blocks and raising
-    the trim threshold removes that (docs/design.md, speed model).
+    the trim threshold removes that.
     """
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     n = threads or max(1, (os.cpu_count() or 1) // local_procs)
@@ -110,7 +110,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto``: bf16 on a GPU that supports it, else fp32 (bf16 was slower than fp32 on the
-    development CPU, which lacks bf16 instructions: benchmarks/RESULTS.md)."""
+    development CPU, which lacks bf16 instructions)."""
     if precision != "auto":
         return precision
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -139,8 +139,8 @@ def provenance(device: torch.device | str = "cpu") -> dict[str, str | None]:
 
 def provenance_line(p: dict[str, str | None]) -> str:
     """``provenance()`` as one readable line."""
-    commit = f" (commit {p['git_commit'][:12]}{'-dirty' if p['git_commit'].endswith('-dirty') else ''})" \
-        if p.get("git_commit") else ""
+    sha = p.get("git_commit") or ""
+    commit = f" (commit {sha[:12]}{'-dirty' if sha.endswith('-dirty') else ''})" if sha else ""
     return f"cmkd {p['cmkd']}{commit}, torch {p['torch']}, Python {p['python']}, {p['device']}"
 
 

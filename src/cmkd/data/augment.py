@@ -10,7 +10,12 @@ import torch.nn.functional as F
 
 def to_float(images: torch.Tensor, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
     """uint8 ``[B, C, H, W]`` -> normalised float32."""
-    return (images.float() / 255.0 - mean) / std
+    return normalise(images.float() / 255.0, mean, std)
+
+
+def normalise(images: torch.Tensor, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
+    """Float images in [0, 1] -> what the models take (mean 0.5, std 0.5 for every channel: [-1, 1])."""
+    return (images - mean) / std
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator | None = None, scale: float = 0.1,
@@ -21,13 +26,12 @@ def random_affine(x: torch.Tensor, generator: torch.Generator | None = None, sca
     another letter). Sampled with ``generator`` so a run is reproducible.
     """
     b = x.shape[0]
-    opts = {"device": x.device, "generator": generator}
-    u = torch.rand(b, 4, **opts) * 2 - 1
+    u = torch.rand(b, 4, device=x.device, generator=generator) * 2 - 1
     s = 1 + scale * u[:, 0]
     a = math.radians(rotate_deg) * u[:, 1]
     flip = torch.ones(b, device=x.device)
     if hflip:
-        flip = torch.where(torch.rand(b, **opts) < 0.5, -flip, flip)
+        flip = torch.where(torch.rand(b, device=x.device, generator=generator) < 0.5, -flip, flip)
     theta = torch.zeros(b, 2, 3, device=x.device)
     theta[:, 0, 0] = torch.cos(a) / s * flip
     theta[:, 0, 1] = -torch.sin(a) / s

@@ -6,11 +6,16 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
+from cmkd.config import SPLITS
+from cmkd.data.images import ImageLike, as_image
+from cmkd.data.splits import split_by_group
 from cmkd.data.text import Vocab
 from cmkd.errors import DatasetError
 
@@ -50,6 +55,61 @@ class FewShotDataset:
             bad = [c for c in classes if not 0 <= c < len(self.class_names)]
             if bad:
                 raise DatasetError(f"{self.name}: split '{split}' names unknown class indices {bad[:5]}")
+
+    @classmethod
+    def from_samples(cls, images: Sequence[ImageLike], labels: Sequence[Hashable],
+                     captions: Sequence[str | Sequence[str]] | None = None, *, name: str = "samples",
+                     size: int = 84, channels: int = 3, groups: Mapping[Hashable, str] | None = None,
+                     splits: Mapping[Hashable, str] | None = None, seed: int = 0) -> FewShotDataset:
+        """A dataset from images in memory or on disk (anything :func:`cmkd.data.images.as_image` takes), their
+        labels (any sortable values; classes in ascending order) and captions (one or several per image).
+
+        ``groups`` maps a label to its fine-grained group (default: its own); ``splits`` a label to
+        base/val/novel (default: seeded fractions 0.6/0.2/0.2, whole groups at a time)."""
+        if len(images) != len(labels) or (captions is not None and len(captions) != len(images)):
+            given = len(captions) if captions is not None else "no"
+            raise DatasetError(f"{name}: {len(images)} images, {len(labels)} labels and {given} captions; give one "
+                               "of each per image")
+        classes: list[Any] = sorted(set(labels))
+        index = {c: k for k, c in enumerate(classes)}
+        group = [str((groups or {}).get(c, c)) for c in classes]
+        if splits is None:
+            split_of = split_by_group(group, (0.6, 0.2, 0.2), seed)
+        else:
+            unknown = sorted({str(v) for v in splits.values()} - set(SPLITS))
+            missing = [c for c in classes if c not in splits]
+            if unknown or missing:
+                raise DatasetError(f"{name}: splits must map every label to one of {', '.join(SPLITS)} (unknown "
+                                   f"splits {unknown[:3]}, labels without a split {missing[:3]})")
+            split_of = {s: [index[c] for c in classes if splits[c] == s] for s in SPLITS}
+        caps: list[tuple[str, ...]] = ([(c,) if isinstance(c, str) else tuple(c) for c in captions]
+                                       if captions is not None else [()] * len(images))
+        arrays = np.stack([as_image(img, channels, size) for img in images])
+        return cls(name, torch.from_numpy(arrays), torch.tensor([index[c] for c in labels]),
+                   [str(c) for c in classes], group, caps, split_of, meta={"source": "samples"})
+
+    @classmethod
+    def from_torch(cls, dataset: Any, captions: Sequence[str | Sequence[str]] | None = None,
+                   **options: Any) -> FewShotDataset:
+        """A dataset from a map-style torch ``Dataset`` whose items are ``(image, label)`` (or ``(image, label,
+        captions)``); ``options`` as for :meth:`from_samples`."""
+        items = [dataset[i] for i in range(len(dataset))]
+        if captions is None and items and len(items[0]) > 2:
+            captions = [item[2] for item in items]
+        labels = [item[1].item() if hasattr(item[1], "item") else item[1] for item in items]
+        return cls.from_samples([item[0] for item in items], labels, captions, **options)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        """Sample ``i`` as (uint8 image ``[C, H, W]``, class index): a map-style torch dataset."""
+        return self.images[i], int(self.labels[i])
+
+    @property
+    def targets(self) -> list[int]:
+        """The class index of every sample (what :class:`cmkd.EpisodeBatchSampler` reads)."""
+        return self.labels.tolist()
 
     @property
     def num_classes(self) -> int:

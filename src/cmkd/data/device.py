@@ -1,6 +1,6 @@
 """A dataset placed for training, and the model inputs gathered from it.
 
-Two placements (docs/design.md, speed model):
+Two placements:
 
 - ``device``: the uint8 images live on the training device; an episode is an index
   tensor and gathering, converting and augmenting happen there.
@@ -132,6 +132,7 @@ class DeviceData:
         """uint8 images ``idx`` on the device."""
         if self.host is not None:
             return self.host.gather(idx)
+        assert self.images is not None
         return self.images[self.upload(idx)]
 
     def prefetch(self, idx: Indices) -> None:

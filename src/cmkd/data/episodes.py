@@ -49,6 +49,16 @@ def episode_labels(way: int, per_class: int, device: torch.device | str = "cpu")
     return torch.arange(way, device=device).repeat_interleave(per_class)
 
 
+def local_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Any integer support labels ``[E, S]`` (any values, any order) -> episode-local labels ``[E, S]`` and the
+    number of classes per episode ``[E]``. Label ``c`` is the ``c``-th smallest distinct value of its episode,
+    so class columns come in ascending label order. Pure tensor ops (no ``unique``): exports to ONNX."""
+    same = labels.unsqueeze(-1) == labels.unsqueeze(-2)  # [E, S, S]
+    first = ~same.tril(-1).any(-1)  # no earlier sample shares the value
+    smaller = labels.unsqueeze(-1) > labels.unsqueeze(-2)
+    return (smaller & first.unsqueeze(-2)).sum(-1), first.sum(-1)
+
+
 class EpisodeSampler:
     """Draws episodes from the classes of one split.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,8 +22,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 #: The largest image the resize may produce (before the centre crop): a 1 x 3,000,000 PNG of a few KB
 #: would otherwise become 32 x 96,000,000 pixels. Checked from the header, before anything is decoded.
 RESIZE_BUDGET = 16_000_000
-
-
 
 
 def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
@@ -74,10 +73,10 @@ def load_image(path: str | Path, channels: int, size: int,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                _check_resize_budget(path, img.size, box, size)
-                img.load()
-                img = ImageOps.exif_transpose(img)
+            with Image.open(path) as opened:
+                _check_resize_budget(path, opened.size, box, size)
+                opened.load()
+                img = ImageOps.exif_transpose(opened)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -93,14 +92,74 @@ def load_image(path: str | Path, channels: int, size: int,
         x, y, w, h = box
         img = img.crop((max(0, int(x)), max(0, int(y)), min(img.width, int(np.ceil(x + w))),
                         min(img.height, int(np.ceil(y + h)))))
-    img = _flatten_alpha(_to_8bit(img, path))
+    return fit_image(_to_8bit(img, path), channels, size)
+
+
+def fit_image(img: Image.Image, channels: int, size: int) -> np.ndarray:
+    """A decoded image as uint8 ``[channels, size, size]``: alpha over black, shorter side resized, centre crop."""
+    img = _flatten_alpha(img)
     img = img.convert("L" if channels == 1 else "RGB")
     w, h = img.size
     scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
     left, top = (img.width - size) // 2, (img.height - size) // 2
     arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
+
+
+ImageLike = str | Path | Image.Image | np.ndarray | Any  # Any: a torch.Tensor (torch is not imported here)
+
+
+def as_image(image: ImageLike, channels: int, size: int) -> np.ndarray:
+    """Any one image as uint8 ``[channels, size, size]``, converted and resized like an image file.
+
+    Accepted: a path; a PIL image; a numpy array or torch tensor laid out ``H x W`` (grey), ``H x W x C`` or
+    ``C x H x W`` (C = 1, 3 or 4), holding uint8 values 0-255 or floats in [0, 1]. Anything else, or a layout
+    that reads both ways (e.g. 3 x 8 x 3), is refused with a message saying what to pass."""
+    if isinstance(image, str | Path):
+        return load_image(image, channels, size)
+    if isinstance(image, Image.Image):
+        _check_resize_budget(Path("the PIL image"), image.size, None, size)
+        return fit_image(_to_8bit(image, Path("the PIL image")), channels, size)
+    if hasattr(image, "detach") and hasattr(image, "numpy"):  # a torch tensor
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"an image must be a path, a PIL image, a numpy array or a torch tensor, got "
+                         f"{type(image).__name__}")
+    arr = _to_hwc(image)
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind != "f":
+            raise ImageError(f"image arrays must hold uint8 (0-255) or floats in [0, 1], got {arr.dtype}; "
+                             "convert with .astype(np.uint8) or divide by 255")
+        if not np.isfinite(arr).all():
+            raise ImageError("a float image holds NaN or infinite values; it is not a usable image")
+        if arr.min() < 0 or arr.max() > 1:
+            raise ImageError(f"a float image must lie in [0, 1], got values from {arr.min():g} to {arr.max():g}; "
+                             "divide 0-255 values by 255 or pass uint8")
+        arr = np.rint(arr * 255).astype(np.uint8)
+    _check_resize_budget(Path("the image array"), (arr.shape[1], arr.shape[0]), None, size)
+    if arr.shape[2] == channels and arr.shape[:2] == (size, size):
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
+    return fit_image(Image.fromarray(arr[..., 0] if mode == "L" else arr, mode), channels, size)
+
+
+def _to_hwc(arr: np.ndarray) -> np.ndarray:
+    """``H x W``, ``H x W x C`` or ``C x H x W`` -> ``H x W x C``; an ambiguous or other shape is refused."""
+    if arr.ndim == 2:
+        return arr[..., None]
+    colour = (1, 3, 4)
+    if arr.ndim == 3:
+        last, first = arr.shape[2] in colour, arr.shape[0] in colour
+        if last and not first:
+            return arr
+        if first and not last:
+            return arr.transpose(1, 2, 0)
+        if last and first:
+            raise ImageError(f"image shape {arr.shape} reads both as H x W x C and as C x H x W; pass it "
+                             "channels-last (H x W x C) as a PIL image, or resize it first")
+    raise ImageError(f"image shape {arr.shape} is not H x W, H x W x C or C x H x W with C = 1, 3 or 4; "
+                     "one image at a time (a batch is a list of images)")
 
 
 def read_caption_file(path: Path) -> list[str]:

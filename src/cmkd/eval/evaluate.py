@@ -18,6 +18,7 @@ from cmkd import distributed
 from cmkd.data.device import DeviceData, upload
 from cmkd.data.episodes import EpisodeSampler, EpisodeSetting, episode_labels
 from cmkd.models import inputs
+from cmkd.models.fewshot import FewShotModel
 from cmkd.runtime import autocast
 
 
@@ -30,7 +31,7 @@ def episode_list(data: DeviceData, split: str, setting: EpisodeSetting, count: i
 
 
 @torch.no_grad()
-def embed_indices(model: torch.nn.Module, data: DeviceData, indices: np.ndarray, all_captions: bool = True,
+def embed_indices(model: FewShotModel, data: DeviceData, indices: np.ndarray, all_captions: bool = True,
                   precision: str = "fp32", batch: int | None = None) -> torch.Tensor:
     """Eval-mode float32 embeddings ``[len(indices), D]`` of the given samples (encoders
     run in ``precision``), ``batch`` at a time (default: 2M pixels, at most 1024 images, so
@@ -60,14 +61,14 @@ class Embedded:
         return self.emb[upload(pos, self.emb.device)]
 
 
-def embed_samples(model: torch.nn.Module, data: DeviceData, indices: np.ndarray,
+def embed_samples(model: FewShotModel, data: DeviceData, indices: np.ndarray,
                   all_captions: bool = True, precision: str = "fp32") -> Embedded:
     uniq = np.unique(indices)
     return Embedded(uniq, embed_indices(model, data, uniq, all_captions, precision))
 
 
 @torch.no_grad()
-def accuracy_per_episode(model: torch.nn.Module, embedded: Embedded, episodes: np.ndarray, way: int, shot: int,
+def accuracy_per_episode(model: FewShotModel, embedded: Embedded, episodes: np.ndarray, way: int, shot: int,
                          chunk: int = 200) -> np.ndarray:
     """Accuracy on each episode (rows of global sample indices) from precomputed embeddings."""
     query = (episodes.shape[1] - way * shot) // way
@@ -79,7 +80,7 @@ def accuracy_per_episode(model: torch.nn.Module, embedded: Embedded, episodes: n
     return torch.cat(accs).cpu().numpy()
 
 
-def evaluate_lists(model: torch.nn.Module, data: DeviceData, lists: list[np.ndarray], shapes: list[tuple[int, int]],
+def evaluate_lists(model: FewShotModel, data: DeviceData, lists: list[np.ndarray], shapes: list[tuple[int, int]],
                    all_captions: bool = True, precision: str = "fp32") -> list[np.ndarray]:
     """Per-episode accuracies on several episode lists (``shapes`` gives each list's way and
     shot), embedding each needed sample once, in eval mode (no dropout in a head such as FEAT's).
@@ -90,14 +91,15 @@ def evaluate_lists(model: torch.nn.Module, data: DeviceData, lists: list[np.ndar
     model.eval()
     try:
         embedded = embed_samples(model, data, needed, all_captions, precision) if len(needed) else None
-        return [distributed.gather(accuracy_per_episode(model, embedded, m, way, shot) if len(m)
+        return [distributed.gather(accuracy_per_episode(model, embedded, m, way, shot) if embedded is not None
+                                   and len(m)
                                    else np.zeros(0, dtype=np.float32))
                 for m, (way, shot) in zip(mine, shapes)]
     finally:
         model.train(was_training)
 
 
-def evaluate_episodes(model: torch.nn.Module, data: DeviceData, episodes: np.ndarray, way: int, shot: int,
+def evaluate_episodes(model: FewShotModel, data: DeviceData, episodes: np.ndarray, way: int, shot: int,
                       all_captions: bool = True, precision: str = "fp32") -> np.ndarray:
     """Accuracy of ``model`` on each episode, embedding each needed sample once."""
     return evaluate_lists(model, data, [episodes], [(way, shot)], all_captions, precision)[0]

@@ -63,7 +63,7 @@ def betainc(a: float, b: float, x: float) -> float:
     return 1.0 - front * _betacf(b, a, 1.0 - x) / b
 
 
-def t_two_sided_p(t: float, dof: int) -> float:
+def t_two_sided_p(t: float, dof: float) -> float:
     """Two-sided p-value of Student's t with ``dof`` degrees of freedom."""
     if math.isinf(t):
         return 0.0
@@ -84,8 +84,8 @@ def t_quantile(p_two_sided: float, dof: float) -> float:
 
 @dataclass(frozen=True)
 class SeedStat:
-    """Mean over training runs and episodes, with a 95% interval covering both, and (for a
-    difference) the t statistic and two-sided p-value."""
+    """Mean over training runs and episodes, with a 95% interval covering both, and the t statistic and
+    two-sided p-value of ``mean == null`` (chance for an accuracy, 0 for a difference)."""
 
     mean: float
     ci95: float
@@ -95,6 +95,7 @@ class SeedStat:
     seed_means: tuple[float, ...]
     t: float = 0.0
     p: float = 1.0
+    null: float = 0.0
 
     def __str__(self) -> str:
         return f"{100 * self.mean:+.2f} ± {100 * self.ci95:.2f} (p={self.p:.2g})"
@@ -107,7 +108,7 @@ def _seed_variance(runs: np.ndarray) -> tuple[float, int]:
 
 
 def _combine(mean: float, per_episode: np.ndarray, seed_parts: list[tuple[float, int]],
-             seed_means: np.ndarray, seeds: int) -> SeedStat:
+             seed_means: np.ndarray, seeds: int, null: float = 0.0) -> SeedStat:
     e = len(per_episode)
     ve = float(per_episode.var(ddof=1)) / e if e > 1 else 0.0
     parts = [(ve, e - 1), *[(v, d) for v, d in seed_parts if d > 0]]
@@ -116,22 +117,23 @@ def _combine(mean: float, per_episode: np.ndarray, seed_parts: list[tuple[float,
     dof = var * var / denom if denom > 0 else float(max(e - 1, 1))
     se = math.sqrt(var)
     if se == 0.0:
-        t = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
+        t = 0.0 if mean == null else math.copysign(math.inf, mean - null)
     else:
-        t = mean / se
+        t = (mean - null) / se
     return SeedStat(mean, t_quantile(0.05, dof) * se, seeds, e, dof, tuple(float(m) for m in seed_means), t,
-                    t_two_sided_p(t, dof) if dof > 0 else 1.0)
+                    t_two_sided_p(t, dof) if dof > 0 else 1.0, null)
 
 
-def over_seeds(accs: np.ndarray) -> SeedStat:
-    """Mean accuracy of ``accs [runs, episodes]`` (several training seeds on the same episodes).
+def over_seeds(accs: np.ndarray, chance: float = 0.0) -> SeedStat:
+    """Mean accuracy of ``accs [runs, episodes]`` (several training seeds on the same episodes); its p-value
+    tests it against ``chance`` (1 / way).
 
     Variance of the grand mean = variance of the seed-averaged per-episode accuracies / episodes
     + variance of the per-run means / runs (conservative: their interaction is counted twice).
     """
     accs = np.atleast_2d(np.asarray(accs, dtype=np.float64))
     per_episode = accs.mean(0)
-    return _combine(float(per_episode.mean()), per_episode, [_seed_variance(accs)], accs.mean(1), len(accs))
+    return _combine(float(per_episode.mean()), per_episode, [_seed_variance(accs)], accs.mean(1), len(accs), chance)
 
 
 def paired_over_seeds(a: np.ndarray, b: np.ndarray) -> SeedStat:

@@ -1,5 +1,5 @@
 """Spatial Relation Loss (SRL) of Zhao et al., "Cross-modal knowledge distillation for
-fine-grained one-shot classification", ICASSP 2021 — as specified in docs/design.md.
+fine-grained one-shot classification", ICASSP 2021 (the README's "The Spatial Relation Loss" states it).
 
 The teacher (image + text) and the student (one modality) embed the same episode in
 different spaces, so the student learns the teacher's *relations* between the samples,

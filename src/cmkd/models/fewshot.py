@@ -6,20 +6,24 @@ The student sees one modality (``image`` or ``text``); the teacher of Zhao et al
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
+from typing import Any
 
 import torch
 from torch import nn
 
 from cmkd.config import Config, ModelConfig, read_keys, value_of
+from cmkd.data.augment import to_float
 from cmkd.data.dataset import FewShotDataset
-from cmkd.data.episodes import episode_labels
+from cmkd.data.episodes import episode_labels, local_labels
 from cmkd.data.text import Vocab
 from cmkd.errors import ConfigError
 from cmkd.models.fusion import LateFusion, MapFusion
 from cmkd.models.heads import build_head
 from cmkd.registry import BACKBONES, FUSIONS, HEADS, TEXT_ENCODERS
+
+Inputs = torch.Tensor | Mapping[str, torch.Tensor | None]  # images, or embed()'s keyword arguments
 
 
 class FewShotModel(nn.Module):
@@ -31,19 +35,24 @@ class FewShotModel(nn.Module):
         instead of ``cfg.backbone`` (its width is read from ``out_dim`` or found by a trial forward;
         heads that compare feature maps need a ``feature_map`` method and ``map_shape``)."""
         super().__init__()
+        # pluggable parts (built-in or the user's), duck-typed: out_dim, map_shape, feature_map, prepare, ...
+        self.image_encoder: Any = None
+        self.text_encoder: Any = None
+        self.fusion: Any = None
+        self.head: Any = None
+        self.map_shape: tuple[int, int, int]
         self.cfg, self.in_channels, self.image_size, self.vocab = cfg, in_channels, image_size, vocab
         self.uses_image = "image" in cfg.modality
         self.uses_text = "text" in cfg.modality
         self.wants_maps = HEADS.get(cfg.head).wants_maps
         self.custom_encoder = type(image_encoder).__name__ if image_encoder is not None else None
-        if image_encoder is not None and self.uses_image:
+        if self.uses_image:
+            if image_encoder is None:
+                image_encoder = BACKBONES.build(cfg.backbone, in_channels=in_channels, image_size=image_size,
+                                                dropblock=cfg.dropblock)
             self.image_encoder = _adopt_encoder(image_encoder, in_channels, image_size, self.wants_maps)
-        else:
-            self.image_encoder = (BACKBONES.build(cfg.backbone, in_channels=in_channels, image_size=image_size,
-                                                  dropblock=cfg.dropblock) if self.uses_image else None)
         self.text_encoder = (TEXT_ENCODERS.build(cfg.text_encoder, vocab=vocab, out_dim=cfg.text_dim,
                                                  word_dropout=cfg.word_dropout) if self.uses_text else None)
-        self.fusion = None
         if self.uses_image and self.uses_text:
             self.fusion = (MapFusion(self.image_encoder.map_shape, self.text_encoder.out_dim) if self.wants_maps
                            else FUSIONS.build(cfg.fusion, image_dim=self.image_encoder.out_dim,
@@ -70,13 +79,14 @@ class FewShotModel(nn.Module):
             raise ValueError(f"this {self.cfg.modality} model needs images")
         if self.uses_text and text is None:
             raise ValueError(f"this {self.cfg.modality} model needs text for every sample")
-        img = None
+        img: Any = None  # None, or a tensor, per modality
         if self.uses_image:
             img = self.image_encoder.feature_map(images) if self.wants_maps else self.image_encoder(images)
-        txt = None
+        txt: Any = None
         if self.uses_text and text_mask is None:
             txt = self.text_encoder(text)
         elif self.uses_text:
+            assert text is not None and text_mask is not None
             b, c = text_mask.shape
             flat = self.text_encoder(text.flatten(0, 1)).view(b, c, -1)
             m = text_mask.unsqueeze(-1).to(flat.dtype)
@@ -87,6 +97,39 @@ class FewShotModel(nn.Module):
             txt = txt * keep[:, 1].view(-1, 1)
         out = self.fusion(img, txt) if self.fusion is not None else (img if img is not None else txt)
         return out.flatten(1)
+
+    def forward(self, support: Inputs, support_labels: torch.Tensor, query: Inputs) -> torch.Tensor:
+        """Logits of ``query`` over the classes of ``support``: ``[E, Q, C]`` for a batch of episodes (``support
+        [E, S, ...]``, ``support_labels [E, S]``, ``query [E, Q, ...]``) or ``[Q, C]`` for one (no ``E``).
+
+        Labels may take any integer values in any order; column ``c`` is the ``c``-th smallest label of the
+        episode (``torch.unique(labels)`` order), and every episode of a batch needs the same number of
+        classes. Inputs are what :meth:`embed` takes: a tensor of :meth:`preprocess`-ed images for an image
+        model, otherwise a mapping of :meth:`embed`'s keyword arguments (``text``, ``text_mask``, ``images``).
+        """
+        batched = support_labels.dim() == 2
+        labels = support_labels if batched else support_labels.unsqueeze(0)
+        local, ways = local_labels(labels)
+        if bool((ways != ways[0]).any()):
+            raise ValueError(f"every episode of a batch needs the same number of classes, got {ways.tolist()}")
+        e = labels.shape[0]
+        s_emb = self._embed_inputs(support, batched).view(e, labels.shape[1], -1)
+        q_emb = self._embed_inputs(query, batched)
+        q_emb = q_emb.view(e, q_emb.shape[0] // e, -1)
+        logits = self.head(s_emb, local, q_emb, int(ways[0]))
+        return logits if batched else logits[0]
+
+    @staticmethod
+    def preprocess(images: torch.Tensor) -> torch.Tensor:
+        """uint8 images ``[..., C, H, W]`` (at the model's ``image_size``) -> the normalised floats it takes."""
+        return to_float(images)
+
+    def _embed_inputs(self, inputs: Inputs, batched: bool) -> torch.Tensor:
+        """Embeddings ``[N, D]`` of forward's inputs (an episode axis folded into N)."""
+        kwargs = dict(inputs) if isinstance(inputs, Mapping) else {"images" if self.uses_image else "text": inputs}
+        if batched:
+            kwargs = {k: v.flatten(0, 1) if v is not None else None for k, v in kwargs.items()}
+        return self.embed(**kwargs)
 
     def scores(self, emb: torch.Tensor, way: int, shot: int) -> torch.Tensor:
         """Episode embeddings ``[E, way*(shot+query), D]`` (support first) -> scores ``[E, Q, way]``."""
@@ -134,15 +177,22 @@ class FewShotModel(nn.Module):
                 "custom_image_encoder": self.custom_encoder}
 
     @classmethod
-    def from_spec(cls, spec: dict) -> FewShotModel:
-        if spec.get("custom_image_encoder"):
-            raise ValueError(f"this model used your own image encoder ({spec['custom_image_encoder']}); rebuild it "
-                             "with FewShotModel(..., image_encoder=...) and load the weights with load_state_dict")
+    def from_spec(cls, spec: dict, image_encoder: nn.Module | None = None) -> FewShotModel:
+        """The model ``spec`` describes (untrained); ``image_encoder``: the module a model trained with your own
+        encoder was built around (a fresh instance of the same class)."""
+        custom = spec.get("custom_image_encoder")
+        if custom and image_encoder is None:
+            raise ValueError(f"this model was trained with your own image encoder ({custom}): pass a fresh one, "
+                             f"load_model(path, image_encoder={custom}(...)), or register its class "
+                             f"(cmkd.register('backbone', 'name', {custom})) and train with model.backbone=name")
+        if image_encoder is not None and not custom:
+            raise ValueError(f"this model was trained with the '{spec['model']['backbone']}' backbone, not your own "
+                             "image encoder; load it without image_encoder=")
         vocab = Vocab.from_dict(spec["vocab"]) if spec.get("vocab") else None
-        return cls(ModelConfig(**spec["model"]), spec["in_channels"], spec["image_size"], vocab)
+        return cls(ModelConfig(**spec["model"]), spec["in_channels"], spec["image_size"], vocab, image_encoder)
 
 
-def _adopt_encoder(encoder: nn.Module, in_channels: int, image_size: int, wants_maps: bool) -> nn.Module:
+def _adopt_encoder(encoder: Any, in_channels: int, image_size: int, wants_maps: bool) -> nn.Module:
     """A user's image encoder, given the ``out_dim`` and ``map_shape`` the model reads."""
     if not hasattr(encoder, "out_dim") or not hasattr(encoder, "map_shape"):
         was_training = encoder.training
@@ -152,8 +202,9 @@ def _adopt_encoder(encoder: nn.Module, in_channels: int, image_size: int, wants_
         if out.dim() != 2:
             raise ValueError(f"the image encoder {type(encoder).__name__} must return [batch, features], "
                              f"got shape {tuple(out.shape)}")
-        encoder.out_dim = getattr(encoder, "out_dim", out.shape[1])
-        encoder.map_shape = getattr(encoder, "map_shape", (encoder.out_dim, 1, 1))
+        width = int(getattr(encoder, "out_dim", out.shape[1]))
+        encoder.out_dim = width
+        encoder.map_shape = getattr(encoder, "map_shape", (width, 1, 1))
     if wants_maps and not hasattr(encoder, "feature_map"):
         raise ValueError(f"this head compares feature maps: give {type(encoder).__name__} a feature_map(x) "
                          "method returning [B, C, h, w] and a map_shape attribute")

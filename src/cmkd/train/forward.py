@@ -7,6 +7,8 @@ KL divergences are computed in full precision.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -31,7 +33,9 @@ class EpisodeForward(nn.Module):
                 text_mask: torch.Tensor | None = None, captions: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Embeddings, scores and the terms by name (``lsl`` only when ``captions [E * n, L]`` are given)."""
-        keep = self._modality_dropout(episodes, (images if images is not None else text).shape[0] // episodes)
+        batch = images if images is not None else text
+        assert batch is not None, "an episode needs images or text"
+        keep = self._modality_dropout(episodes, batch.shape[0] // episodes)
         with autocast(self.precision, self.device):
             emb = self.model.embed(images, text, text_mask, keep=keep)
         emb = emb.float().view(episodes, -1, emb.shape[-1])
@@ -70,8 +74,9 @@ class ClassifierForward(nn.Module):
         return self.classifier(emb.float())
 
 
-def data_parallel(module: nn.Module, device: torch.device, world: int) -> nn.Module:
-    """``module`` wrapped in DistributedDataParallel when several processes train together."""
+def data_parallel(module: nn.Module, device: torch.device, world: int) -> Any:
+    """``module`` wrapped in DistributedDataParallel when several processes train together (``Any``: the caller
+    may compile it, which returns a plain callable)."""
     if world == 1:
         return module
     ids = [device.index] if device.type == "cuda" else None

@@ -1,7 +1,7 @@
 """The one episodic loop (teacher, student, distillation): a step is forward → objective → optimizer step.
 
-Distillation only adds the frozen teacher's side (:class:`Distiller`). Step ``t``'s draws derive from
-``(seed, t)`` inside a forked RNG, so a resumed run ends with an uninterrupted one's weights."""
+Distillation adds the frozen teacher's side (:class:`Distiller`). Step ``t`` draws from ``(seed, t)`` in a
+forked RNG, so a resumed run ends with an uninterrupted one's weights."""
 
 from __future__ import annotations
 
@@ -58,16 +58,17 @@ class Trainer:
         with forked_rng(self.device, cfg.train.seed):  # the initial weights are part of the seeded run
             self.model = (copy.deepcopy(init) if init is not None else build_model(cfg.model, dataset)).to(self.device)
             if cfg.train.channels_last:
-                self.model = self.model.to(memory_format=torch.channels_last)
+                self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.lsl = LanguageShaping(cfg.lsl, self.data, self.model.out_dim) if cfg.lsl.weight > 0 else None
             self._rng_after_init = rng_state(self.device)  # pre-training continues this stream
         method = METHODS.get(cfg.distill.method)(cfg.distill) if teacher is not None else None
-        self.distiller = Distiller(teacher, method, cfg, self.data, teacher_cache) if method is not None else None
+        self.distiller = (Distiller(teacher, method, cfg, self.data, teacher_cache)
+                          if teacher is not None and method is not None else None)
         self.objective = Objective.build(cfg, self.model.head.loss_name, self.model.regularised,
                                          self.model.late_fusion, method)
         decoder = self.lsl.decoder if self.lsl is not None else None
         e = cfg.episode
-        self.forward: torch.nn.Module = data_parallel(
+        self.forward = data_parallel(
             EpisodeForward(self.model, self.objective, e.way, e.shot, self.precision, self.device, decoder),
             self.device, self.ranks.world)
         if cfg.train.compile:
@@ -82,9 +83,8 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.state = RunState(self.run_dir, self.model, self.optimizer, self.scaler, decoder, self.ranks, {
             "config": cfg.to_dict(), "objective": str(self.objective), "dataset": dataset.summary(),
-            "dataset_sha256": dataset.content_digest(),
-            "provenance": provenance(self.device), "precision": self.precision,
-            "teacher_sha256": self.distiller.digest if self.distiller else None})
+            "dataset_sha256": dataset.content_digest(), "provenance": provenance(self.device),
+            "precision": self.precision, "teacher_sha256": self.distiller.digest if self.distiller else None})
 
     @property
     def teacher_cache(self) -> Embedded | None:

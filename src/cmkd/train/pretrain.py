@@ -39,7 +39,7 @@ def pretrain(model: FewShotModel, data: DeviceData, cfg: Config, precision: str,
     for epoch in range(t.pretrain_epochs):
         gen = torch.Generator(device=device).manual_seed(seed_for(t.seed, "pretrain", epoch))
         order = base[torch.randperm(len(base), generator=gen, device=device)]
-        running = 0.0
+        running = torch.zeros(())
         for b in range(batches):
             set_lr(opt, t.pretrain_lr * cosine(epoch * batches + b, total))
             idx = order[b * t.pretrain_batch:(b + 1) * t.pretrain_batch]

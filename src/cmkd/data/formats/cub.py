@@ -89,7 +89,8 @@ def list_cub(root: str | Path, captions: str | Path | None = None, crop: bool = 
         if crop:
             if image_id not in boxes:
                 raise DatasetError(f"{root / 'bounding_boxes.txt'} has no box for image {image_id} ({rel})")
-            box = tuple(float(v) for v in boxes[image_id])
+            x, y, w, h = (float(v) for v in boxes[image_id])
+            box = (x, y, w, h)
         records.append(Record(root / "images" / rel, class_folder, caps, box))
     if missing_caps:
         warnings.append(f"{len(missing_caps)} image(s) without captions: {missing_caps[:10]}")

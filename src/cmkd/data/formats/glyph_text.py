@@ -136,17 +136,18 @@ def describe(facts: GlyphFacts, face: dict[str, str | None], rng: np.random.Gene
     def say(kind: str) -> bool:
         return bool(rng.random() < P[kind])
 
-    adjectives = []
+    adjectives: list[str] = []
     for kind in ("weight", "slant", "width", "style_class"):
-        if face[kind] and say(kind):
-            adjectives.append(face[kind])
+        value = face[kind]
+        if value and say(kind):
+            adjectives.append(value)
     if facts.case and say("case"):
         adjectives.append(facts.case)
     if facts.script and say("script"):
         adjectives.append(facts.script)
     adjectives += [f for f in facts.forms if say("form")]
     noun = "letter " + facts.letter if say("letter") else "letter"
-    mentioned = []
+    mentioned: list[str] = []
     for precise, where in facts.marks:
         if say("mark"):
             mentioned.append(_article(precise) if say("mark_precise") else VAGUE[where])
@@ -199,7 +200,7 @@ def write_descriptions(folder: Path) -> dict:
     """Generate and store ``descriptions.npz`` beside the glyphs; record it in the manifest."""
     captions = generate_for_manifest(folder)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **encode_captions(captions))
+    np.savez_compressed(buffer, **encode_captions(captions))  # type: ignore[arg-type]
     (folder / "descriptions.npz").write_bytes(buffer.getvalue())
     path = folder / "manifest.json"
     manifest = json.loads(path.read_text())

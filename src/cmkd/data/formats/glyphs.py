@@ -5,7 +5,8 @@ names a random subset of what the Unicode database says about the letter and of 
 face, and may leave out the detail that separates sibling classes, as crowd-sourced CUB
 captions do. ``captions="names"`` gives the Unicode character name instead ("LATIN SMALL
 LETTER E WITH CIRCUMFLEX AND ACUTE"), which names exactly that detail: an oracle.
-Built by ``tools/glyph_builder.py`` (a maintainer tool); see ``glyphs/ATTRIBUTION.md``.
+Built by ``tools/glyph_builder.py`` (a maintainer tool of the source repository, not in this package); see
+``glyphs/ATTRIBUTION.md``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def load_glyphs(size: int = 32, captions: str = "dataset") -> FewShotDataset:
     classes = manifest["classes"]
     if captions == "names":
         names = [c["name"] for c in classes]
-        texts = [(names[int(c)],) for c in labels]
+        texts: list[tuple[str, ...]] = [(names[int(c)],) for c in labels]
     else:
         with np.load(glyph_dir() / manifest["descriptions"]["file"]) as arrays:
             texts = decode_captions(arrays)
