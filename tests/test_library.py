@@ -229,6 +229,45 @@ def test_the_command_line_imports_a_module_that_registers_parts(own_runs, tmp_pa
     assert "no such module" in capsys.readouterr().err
 
 
+class CosineHead(nn.Module):
+    """A user's head: scaled cosine similarity to the class means (follows cmkd.models.heads.FewShotHead)."""
+
+    wants_maps = False
+    loss_name = "ce"
+
+    @classmethod
+    def from_config(cls, cfg, dim, map_shape):
+        return cls()
+
+    @staticmethod
+    def loss(scores, labels):
+        return nn.functional.cross_entropy(scores.flatten(0, 1), labels.flatten())
+
+    def forward(self, support, support_labels, query, way):
+        onehot = nn.functional.one_hot(support_labels, way).float()
+        means = onehot.transpose(1, 2) @ support / onehot.sum(1).unsqueeze(-1)
+        return 10 * nn.functional.normalize(query, dim=-1) @ nn.functional.normalize(means, dim=-1).transpose(1, 2)
+
+
+def test_a_registered_head_and_text_encoder_train_and_reload(small, fast_cfg):
+    from cmkd.models.text_encoders import BagOfWords
+    from cmkd.registry import HEADS, TEXT_ENCODERS
+
+    cmkd.register("head", "cosine_test", CosineHead)
+    cmkd.register("text_encoder", "bow_test", BagOfWords, "the built-in bag of words under a user's name")
+    try:
+        cfg = fast_cfg(**{"model.modality": "text", "model.head": "cosine_test", "model.text_encoder": "bow_test",
+                          "train.episodes": 4, "train.val_every": 4})
+        trainer = cmkd.Trainer(cfg, small)
+        trainer.fit(progress=False)
+        model, meta = cmkd.load_model(trainer.run_dir)
+        assert isinstance(model.head, CosineHead) and isinstance(model.text_encoder, BagOfWords)
+        assert meta["config"]["model"]["head"] == "cosine_test"
+    finally:
+        HEADS.entries.pop("cosine_test")
+        TEXT_ENCODERS.entries.pop("bow_test")
+
+
 def test_register_refuses_a_taken_name_and_a_bad_kind():
     with pytest.raises(ValueError, match="already a backbone"):
         cmkd.register("backbone", "conv4", TinyNet)
