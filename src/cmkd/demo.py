@@ -134,10 +134,10 @@ def _write_report(path: Path, result: dict, quick: bool) -> None:
         "## Accuracy on novel classes (%)",
         "",
         f"**Budget: {t['episodes']} training episodes per student. These students are not converged**: the image "
-        "student alone keeps gaining more than a point per doubling of its episodes up to 19,200 on glyphs, and "
-        "at longer budgets its gap to the distilled student shrinks or reverses. Read this table as what the "
-        "pipeline does, not as the converged effect of CMKD (the source repository's benchmarks/RESULTS.md, "
-        "\"Budget protocol\", has the converged comparison over three seeds).",
+        "student alone keeps gaining more than a point per doubling of its episodes up to 19,200 on glyphs (3 "
+        "seeds), and a one-seed check found the SRL's gain gone or reversed at 9,600. Read this table as what the "
+        "pipeline does early in training, not as the converged effect of CMKD, which is not established yet (the "
+        "source repository's benchmarks/RESULTS.md, \"Budget protocol\", tracks it).",
         "",
         table(result),
         "",
