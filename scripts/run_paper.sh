@@ -4,7 +4,7 @@
 # also with language-shaped learning (LSL, Mu et al. 2020; weight 5), alone and with CMKD.
 # Needs a prepared cache (cmkd prepare cub ... --name cub_84) and, realistically, a GPU.
 #
-#   bash scripts/run_paper.sh            # run the grid (each run resumes where it stopped)
+#   bash scripts/run_paper.sh            # run the grid (a run that exists resumes where it stopped)
 #   bash scripts/run_paper.sh --dry-run  # print every run's effective config (YAML documents) instead
 #
 # Every run has its own name; command-line flags win over the YAML files (defaults < file < flags < key=value).
@@ -14,9 +14,11 @@ cmkd="${CMKD:-cmkd}"
 dry=()
 if [[ "${1:-}" == "--dry-run" ]]; then dry=(--print-config); fi
 
-run() {  # run SUBCOMMAND ARGS...: a training run, or its effective config in a dry run
+run() {  # run NAME SUBCOMMAND ARGS...: a training run (resumed when runs/NAME holds one), or its config
+  local name="$1" again=()
+  if [[ -e "runs/$name/last.json" || -e "runs/$name/plateau.json" ]]; then again=(--resume); fi
   if [[ ${#dry[@]} -gt 0 ]]; then echo "---"; fi
-  "$cmkd" "$1" "${dry[@]}" "${@:2}"
+  "$cmkd" "$2" "${dry[@]}" --name "$name" "${again[@]}" "${@:3}"
 }
 
 evaluate() {
@@ -26,18 +28,17 @@ evaluate() {
 for bb in conv4 resnet12; do
   for shot in 1 5; do
     t="cub_${bb}_${shot}shot_teacher"
-    run train --config "cub/${bb}_teacher" --name "$t" --resume "episode.shot=$shot"
+    run "$t" train --config "cub/${bb}_teacher" "episode.shot=$shot"
     for modality in image text; do
       s="cub_${bb}_${shot}shot_${modality}"
-      run distill --config "cub/${bb}_cmkd" --teacher "runs/$t" --modality "$modality" \
-        --name "${s}_cmkd" --resume "episode.shot=$shot"
-      run train --config "cub/${bb}_student" --modality "$modality" --name "${s}_alone" \
-        --resume "episode.shot=$shot"
+      run "${s}_cmkd" distill --config "cub/${bb}_cmkd" --teacher "runs/$t" --modality "$modality" \
+        "episode.shot=$shot"
+      run "${s}_alone" train --config "cub/${bb}_student" --modality "$modality" "episode.shot=$shot"
       lsl=()
       if [[ "$modality" == image ]]; then
-        run train --config "cub/${bb}_student" --name "${s}_lsl" --resume "episode.shot=$shot" lsl.weight=5
-        run distill --config "cub/${bb}_cmkd" --teacher "runs/$t" --modality image --name "${s}_cmkd_lsl" \
-          --resume "episode.shot=$shot" lsl.weight=5
+        run "${s}_lsl" train --config "cub/${bb}_student" "episode.shot=$shot" lsl.weight=5
+        run "${s}_cmkd_lsl" distill --config "cub/${bb}_cmkd" --teacher "runs/$t" --modality image \
+          "episode.shot=$shot" lsl.weight=5
         lsl=("student+LSL=runs/${s}_lsl" "student+CMKD+LSL=runs/${s}_cmkd_lsl")
       fi
       evaluate "student=runs/${s}_alone" "student+CMKD=runs/${s}_cmkd" "${lsl[@]}" "teacher=runs/$t" \

@@ -216,3 +216,23 @@ def test_checkpoints_and_results_carry_provenance(tmp_path, capsys):
     out = tmp_path / "ev.json"
     assert main(["evaluate", str(tmp_path / "p"), "--episodes", "5", "--shots", "1", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["provenance"] == provenance("cpu")
+
+
+def test_paper_script_starts_fresh_runs_and_resumes_existing_ones(tmp_path):
+    """`cmkd ... --resume` refuses a folder with no run, so the script passes --resume only where a run exists."""
+    log = tmp_path / "calls.txt"
+    stub = tmp_path / "cmkd"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    os.chmod(stub, 0o755)
+    work = tmp_path / "work"
+    (work / "scripts").mkdir(parents=True)
+    (work / "scripts" / "run_paper.sh").write_text((REPO / "scripts" / "run_paper.sh").read_text())
+    (work / "runs" / "cub_conv4_1shot_teacher").mkdir(parents=True)
+    (work / "runs" / "cub_conv4_1shot_teacher" / "last.json").write_text("{}")
+    done = subprocess.run(["bash", str(work / "scripts" / "run_paper.sh")], env={**os.environ, "CMKD": str(stub)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    teacher = next(c for c in calls if "--name cub_conv4_1shot_teacher" in c)
+    fresh = [c for c in calls if c.startswith(("train", "distill")) and c is not teacher]
+    assert "--resume" in teacher and fresh and not any("--resume" in c for c in fresh)
