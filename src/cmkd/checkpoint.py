@@ -211,11 +211,10 @@ def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, path: Pa
     except (ConfigError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: its 'spec' does not describe a model ({err}); {_UNKNOWN_PART}") from None
     spec = {**spec, "model": dataclasses.asdict(model_cfg)}
-    if bool(spec.get("custom_image_encoder")) != (image_encoder is not None):
-        try:
-            FewShotModel.from_spec(spec, image_encoder)
-        except ValueError as err:
-            raise CheckpointError(f"{path}: {err}") from None
+    try:
+        FewShotModel.check_encoder(spec, image_encoder)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     if image_encoder is not None:  # the user's module holds real tensors: build for real, then compare
         model = FewShotModel.from_spec(spec, image_encoder)
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

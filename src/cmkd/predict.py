@@ -112,11 +112,9 @@ def _image_list(images: Images) -> list[ImageLike]:
     """A list of images, or a batch array/tensor ``[N, ...]`` split into its images."""
     if isinstance(images, str | Path | Image.Image):
         raise TypeError("pass a list of images (one image: [image])")
-    if hasattr(images, "shape"):
-        if len(images.shape) != 4:
-            raise TypeError(f"a batch of images as one array must be [N, H, W, C] or [N, C, H, W], got shape "
-                            f"{tuple(images.shape)}; one image: [image]")
-        return list(images)
+    if hasattr(images, "shape") and len(images.shape) != 4:
+        raise TypeError(f"a batch of images as one array must be [N, H, W, C] or [N, C, H, W], got shape "
+                        f"{tuple(images.shape)}; one image: [image]")
     return list(images)
 
 

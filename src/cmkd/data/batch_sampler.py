@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from cmkd.data.dataset import plain_label
 from cmkd.data.episodes import EpisodeSampler
 
 T = TypeVar("T")
@@ -71,11 +72,6 @@ def _labels_of(labels: Any) -> list[Hashable]:
                                                                                           tuple | torch.Tensor):
         targets = getattr(labels, "targets", None)
         if targets is None:
-            return [_plain(labels[i][1]) for i in range(len(labels))]
+            return [plain_label(labels[i][1]) for i in range(len(labels))]
         labels = targets
-    return [_plain(v) for v in labels]
-
-
-def _plain(value: Any) -> Hashable:
-    """A label as a plain hashable (a 0-d tensor or numpy scalar -> a Python number)."""
-    return value.item() if hasattr(value, "item") else value
+    return [plain_label(v) for v in labels]

@@ -20,6 +20,11 @@ from cmkd.data.text import Vocab
 from cmkd.errors import DatasetError
 
 
+def plain_label(value: Any) -> Hashable:
+    """A label as a plain hashable (a 0-d tensor or numpy scalar -> a Python number)."""
+    return value.item() if hasattr(value, "item") else value
+
+
 @dataclass
 class FewShotDataset:
     """Every sample of a dataset, held as tensors that move to the training device once.
@@ -96,7 +101,7 @@ class FewShotDataset:
         items = [dataset[i] for i in range(len(dataset))]
         if captions is None and items and len(items[0]) > 2:
             captions = [item[2] for item in items]
-        labels = [item[1].item() if hasattr(item[1], "item") else item[1] for item in items]
+        labels = [plain_label(item[1]) for item in items]
         return cls.from_samples([item[0] for item in items], labels, captions, **options)
 
     def __len__(self) -> int:

@@ -180,6 +180,13 @@ class FewShotModel(nn.Module):
     def from_spec(cls, spec: dict, image_encoder: nn.Module | None = None) -> FewShotModel:
         """The model ``spec`` describes (untrained); ``image_encoder``: the module a model trained with your own
         encoder was built around (a fresh instance of the same class)."""
+        cls.check_encoder(spec, image_encoder)
+        vocab = Vocab.from_dict(spec["vocab"]) if spec.get("vocab") else None
+        return cls(ModelConfig(**spec["model"]), spec["in_channels"], spec["image_size"], vocab, image_encoder)
+
+    @staticmethod
+    def check_encoder(spec: dict, image_encoder: nn.Module | None) -> None:
+        """A ``ValueError`` unless ``image_encoder`` is given exactly when ``spec``'s model used the user's own."""
         custom = spec.get("custom_image_encoder")
         if custom and image_encoder is None:
             raise ValueError(f"this model was trained with your own image encoder ({custom}): pass a fresh one, "
@@ -188,8 +195,6 @@ class FewShotModel(nn.Module):
         if image_encoder is not None and not custom:
             raise ValueError(f"this model was trained with the '{spec['model']['backbone']}' backbone, not your own "
                              "image encoder; load it without image_encoder=")
-        vocab = Vocab.from_dict(spec["vocab"]) if spec.get("vocab") else None
-        return cls(ModelConfig(**spec["model"]), spec["in_channels"], spec["image_size"], vocab, image_encoder)
 
 
 def _adopt_encoder(encoder: Any, in_channels: int, image_size: int, wants_maps: bool) -> nn.Module:
