@@ -94,6 +94,11 @@ def test_an_episode_batch_sampler_drives_a_dataloader_over_any_dataset(small):
     assert list(given) == list(sampler)
     sampler.set_epoch(1)
     assert list(sampler) != list(given)
+    some = sorted({ds[i][1] for i in range(len(ds))})[:3]
+    limited = cmkd.EpisodeBatchSampler(ds, 3, 2, 2, episodes=6, seed=1, classes=some)
+    assert {ds[i][1] for batch in limited for i in batch} == set(some)
+    with pytest.raises(ValueError, match="have no items"):
+        cmkd.EpisodeBatchSampler(ds, 3, 2, 2, episodes=1, classes=["nope"])
     with pytest.raises(ConfigError, match="shot\\+query=9"):
         cmkd.EpisodeBatchSampler(ds, 3, 4, 5, episodes=1)
 
@@ -126,6 +131,12 @@ def test_a_dataset_from_image_files_and_captions(tmp_path):
     assert data.images.shape == (27, 1, 16, 16) and data.captions[4] == ("class 1", "image 1")
     assert sorted(c for s in ("base", "val", "novel") for c in data.split_classes(s)) == list(range(9))
     assert int(data.images[4].float().mean()) == 21
+    grouped = cmkd.FewShotDataset.from_samples(paths, labels, captions, size=16, channels=1,
+                                               groups={c: f"g{c // 3}" for c in range(9)})
+    assert grouped.groups == ["g0"] * 3 + ["g1"] * 3 + ["g2"] * 3
+    owner = {g: s for s in ("base", "val", "novel") for c in grouped.split_classes(s) for g in [grouped.groups[c]]}
+    assert sorted(owner) == ["g0", "g1", "g2"]  # each group lies in one split
+    assert all(owner[grouped.groups[c]] == s for s in ("base", "val", "novel") for c in grouped.split_classes(s))
 
 
 def test_any_image_layout_gives_the_same_pixels():
