@@ -3,8 +3,14 @@
 import hashlib
 
 import numpy as np
+import pytest
+import torch
 
+from cmkd.config import load_config
+from cmkd.data.augment import low_resolution
 from cmkd.data.formats.glyphs import glyph_dir, glyph_manifest, load_glyphs
+from cmkd.data.registry import load_dataset
+from cmkd.errors import ConfigError
 
 
 def test_counts_match_manifest_and_issue_floor(glyphs):
@@ -57,3 +63,22 @@ def test_no_two_classes_share_all_renderings(glyphs):
     close = np.argwhere(np.triu(d < 1e-6, 1))
     for a, b in close:
         assert np.abs(means[a] - means[b]).max() > 1.0, (glyphs.class_names[a], glyphs.class_names[b])
+
+
+def test_low_res_averages_marks_away_and_keeps_shapes():
+    checker = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+    checker[..., ::2, ::2] = checker[..., 1::2, 1::2] = 255  # one-pixel marks
+    ramp = torch.arange(32, dtype=torch.uint8).mul(8).expand(1, 1, 32, 32)  # smooth: survives
+    out = low_resolution(torch.cat([checker, ramp]), 16)
+    assert out.shape == (2, 1, 32, 32) and out.dtype == torch.uint8
+    assert out[0].unique().tolist() == [128]  # 127.5, rounded
+    assert (out[1].int() - ramp[0].int()).abs().max() <= 4
+
+
+def test_the_low_res_view_applies_to_every_image_and_is_checked(glyphs):
+    seen = load_dataset(load_config(overrides=["data.low_res=8"]).data)
+    assert seen.meta["low_res"] == 8 and torch.equal(seen.labels, glyphs.labels)
+    assert torch.equal(seen.images[:50], low_resolution(glyphs.images[:50], 8))
+    assert not torch.equal(seen.images[:50], glyphs.images[:50])
+    with pytest.raises(ConfigError, match=r"data.low_res=32 must be below data.image_size=32"):
+        load_dataset(load_config(overrides=["data.low_res=32"]).data)

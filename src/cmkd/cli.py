@@ -342,6 +342,47 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         print(f"  skipped: {bad}")
 
 
+def cmd_probe(args: argparse.Namespace) -> None:
+    """Train the image, text and image+text models of one config and report what the text adds."""
+    import dataclasses
+
+    from cmkd import distributed
+    from cmkd.data.device import DeviceData
+    from cmkd.data.episodes import EpisodeSetting
+    from cmkd.data.registry import load_dataset
+    from cmkd.eval.compare import write_json
+    from cmkd.eval.probe import PARTS, probe, table, verdict
+    from cmkd.runtime import configure_cpu, provenance
+
+    base = _config(args)
+    if args.print_config:
+        return _print_config(base)
+    configs = {part: dataclasses.replace(base, out=str(base.run_dir), name=part.replace("+", "_"),
+                                         model=dataclasses.replace(base.model, modality=part)) for part in PARTS}
+    for cfg in configs.values():
+        _check_run_folder(cfg, args)  # before any data is loaded
+    configure_cpu(base.train.threads)
+    device = distributed.setup(args.device)
+    dataset = load_dataset(base.data)
+    models = {}
+    for part, cfg in configs.items():
+        trainer = _fit(cfg, args, dataset, device)
+        _report(trainer)
+        models[part] = trainer.load_best()
+    e = base.episode
+    settings = [EpisodeSetting(e.way, e.shot, e.query)]
+    if args.fine_grained:
+        settings.append(EpisodeSetting(e.way, e.shot, e.query, fine_grained=True))
+    result = probe(models, DeviceData(dataset, device), settings, args.split, args.episodes, args.seed)
+    result.update(dataset=dataset.name, runs={p: str(c.run_dir) for p, c in configs.items()},
+                  train_episodes=base.train.episodes, budget=base.train.budget, provenance=provenance(device))
+    out = write_json(result, args.out or base.run_dir / "probe.json")
+    print("\n" + table(result) + "\n")
+    for setting in result["settings"]:
+        print(verdict(setting))
+    print(f"\nresults: {out}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from cmkd.deploy import export
 
@@ -435,6 +476,8 @@ EXAMPLES = {
     "config": ["cmkd config list", "cmkd config keys",
                "cmkd config show glyphs_teacher train.lr=0.01              # the effective config"],
     "demo": ["cmkd demo", "cmkd demo --quick --out /tmp/demo"],
+    "probe": ["cmkd probe --config glyphs_student --fine-grained        # will the captions help?",
+              "cmkd probe --config mine.yaml train.budget=plateau          # each part trained to its plateau"],
 }
 
 
@@ -551,6 +594,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="onnx: any ONNX runtime; pt2: a torch.export program (torch.export.load)")
     ex.add_argument("--way", type=int, help="classes per episode the graph scores (none: the run's episode.way)")
     ex.set_defaults(func=cmd_export)
+
+    pb = add("probe", "will my captions help? train an image, a text and an image+text model alike and report "
+             "what the text adds and how much of it the image carries")
+    pb.add_argument("--config", help="YAML config: a path or a shipped name (each part replaces its model.modality)")
+    pb.add_argument("--name", help="runs go to <out>/<name>/{image,text,image_text} (sets name)")
+    pb.add_argument("--resume", action="store_true", help="continue the parts' runs")
+    pb.add_argument("--overwrite", action="store_true", help="replace the parts' runs")
+    pb.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+    pb.add_argument("--device", help="cpu, cuda, ... (none: cuda if available)")
+    pb.add_argument("--split", default="val", choices=["val", "novel"],
+                    help="classes of the scored episodes (decide on val; novel only to report)")
+    pb.add_argument("--episodes", type=int, default=600, help="fixed episodes per setting")
+    pb.add_argument("--seed", type=int, default=7, help="seed of the fixed episode list")
+    pb.add_argument("--fine-grained", action="store_true", help="also fine-grained episodes (one group per episode)")
+    pb.add_argument("--out", type=Path, help="results JSON (none: <out>/<name>/probe.json)")
+    pb.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides (cmkd config keys)")
+    pb.set_defaults(func=cmd_probe)
 
     ds = add("datasets", "list available datasets with counts")
     ds.add_argument("--json", action="store_true", help="machine-readable output")

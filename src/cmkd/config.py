@@ -59,6 +59,9 @@ class DataConfig:
                               low=8, high=4096)
     augment: bool = setting(True, "random affine warps of training images (on the device)")
     hflip: bool = setting(False, "random horizontal flips: never for letters, fine for birds and flowers")
+    low_res: int = setting(0, "pixels per side every image is area-averaged down to, then scaled back up to "
+                           "data.image_size: small marks become hard to see, as in a photo taken from afar "
+                           "(0: full resolution)", low=0, high=4096)
     eval_captions: str = setting("mean", "how evaluation uses several captions per sample: the mean embedding "
                                  "or the first", choices=("mean", "first"))
     captions: str = setting("dataset", "'dataset': the dataset's own text (per-image descriptions for glyphs, "

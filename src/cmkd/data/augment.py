@@ -1,4 +1,5 @@
-"""Label-preserving augmentation on image tensors, run on the training device."""
+"""Transforms of image tensors: normalisation, label-preserving augmentation (run on the training device)
+and the fixed low-resolution view of ``data.low_res``."""
 
 from __future__ import annotations
 
@@ -42,3 +43,15 @@ def random_affine(x: torch.Tensor, generator: torch.Generator | None = None, sca
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     background = x.amin(dim=(1, 2, 3), keepdim=True)
     return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
+
+
+def low_resolution(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` area-averaged to ``size`` x ``size`` and scaled back up (bilinear) to ``H`` x ``W``:
+    the same shape, with the detail of a ``size``-pixel image."""
+    h, w = images.shape[-2:]
+    parts = []
+    for i in range(0, len(images), chunk):
+        x = F.interpolate(torch.as_tensor(images[i:i + chunk]).float(), size=(size, size), mode="area")
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        parts.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(parts)

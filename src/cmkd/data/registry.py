@@ -6,11 +6,13 @@ given to ``cmkd prepare --name`` (default ``<format>_<size>``), or anywhere, nam
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 from cmkd.config import DataConfig
+from cmkd.data.augment import low_resolution
 from cmkd.data.cache import load_prepared
 from cmkd.data.dataset import FewShotDataset
 from cmkd.data.formats.glyphs import load_glyphs
@@ -45,7 +47,18 @@ def prepared_datasets() -> list[tuple[str, Path, dict]]:
 
 
 def load_dataset(cfg: DataConfig) -> FewShotDataset:
-    """The dataset named by ``cfg.dataset`` at ``cfg.image_size``."""
+    """The dataset named by ``cfg.dataset`` at ``cfg.image_size`` (seen at ``cfg.low_res`` pixels when set)."""
+    if cfg.low_res and cfg.low_res >= cfg.image_size:
+        raise ConfigError(f"data.low_res={cfg.low_res} must be below data.image_size={cfg.image_size} "
+                          "(0: full resolution)")
+    ds = _load(cfg)
+    if not cfg.low_res:
+        return ds
+    return dataclasses.replace(ds, images=low_resolution(ds.images, cfg.low_res),
+                               meta={**ds.meta, "low_res": cfg.low_res})
+
+
+def _load(cfg: DataConfig) -> FewShotDataset:
     if cfg.dataset == "glyphs":
         try:
             return load_glyphs(cfg.image_size, cfg.captions)
