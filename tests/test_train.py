@@ -139,6 +139,22 @@ def test_distillation_step_runs_with_a_teacher(small, fast_cfg):
     assert text_student.train_step(0)["srl_rel"] > 0
 
 
+def test_distilling_every_third_step_triples_the_weight_and_leaves_the_other_steps_plain(small, fast_cfg):
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
+    cfg = fast_cfg(**{"name": "s", "distill.method": "srl", "distill.every": 3, "train.episodes": 12,
+                      "train.val_every": 12})
+    student = Trainer(cfg, small, teacher=teacher)
+    assert str(student.objective) == "loss = ce + 12·(srl_rel + srl_dist) (every 3 steps)"
+    assert [student.objective.distills_at(s) for s in range(6)] == [True, False, False, True, False, False]
+    first, second = student.train_step(0), student.train_step(1)
+    assert torch.allclose(first["loss"], first["ce"] + 12 * (first["srl_rel"] + first["srl_dist"]))
+    assert set(second) == {"ce", "loss", "acc"} and torch.equal(second["loss"], second["ce"])
+    student = Trainer(cfg, small, teacher=teacher)
+    student.fit(progress=False)  # logs of steps with and without the terms are read together
+    logged = [json.loads(line) for line in (student.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("srl_rel" in r for r in logged if r["kind"] == "train")
+
+
 def test_device_data_mean_caption_embedding(small, fast_cfg):
     trainer = Trainer(fast_cfg(**{"model.modality": "text"}), small)
     data = DeviceData(small)

@@ -48,7 +48,8 @@ class Objective:
     ``model`` is the model's own episode loss (its head's loss first, then FEAT's regulariser);
     ``extra`` the training-only terms (late-fusion branch losses, LSL); ``distill`` the terms of the
     distillation method, weighted by ``weight`` (lambda) after a linear warm-up over ``warmup`` of
-    the steps.
+    the steps. With ``every`` = N the distillation terms enter on every N-th step only, N times as
+    heavily (the same gradient in expectation; :meth:`distills_at` says which steps).
     """
 
     model: tuple[Term, ...]
@@ -56,6 +57,7 @@ class Objective:
     distill: tuple[Term, ...] = ()
     weight: float = 0.0
     warmup: float = 0.0
+    every: int = 1
 
     @classmethod
     def build(cls, cfg: Config, head_loss: str, regularised: bool, branches: bool,
@@ -73,7 +75,8 @@ class Objective:
             extra.append(Term("lsl", cfg.lsl.weight))
         if method is None:
             return cls(tuple(model), tuple(extra))
-        return cls(tuple(model), tuple(extra), method.terms, cfg.distill.weight, cfg.distill.warmup)
+        return cls(tuple(model), tuple(extra), method.terms, cfg.distill.weight, cfg.distill.warmup,
+                   cfg.distill.every)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -83,19 +86,24 @@ class Objective:
         """The model's own episode loss (what each late-fusion branch is trained on too)."""
         return weighted_sum(values, self.model)
 
+    def distills_at(self, step: int) -> bool:
+        """Whether the distillation terms are part of the loss at ``step``."""
+        return bool(self.distill) and step % self.every == 0
+
     def ramp(self, step: int, steps: int) -> float:
         """Lambda's warm-up factor at ``step`` of ``steps``."""
         return min(1.0, step / (self.warmup * steps)) if self.warmup > 0 else 1.0
 
     def __call__(self, values: Mapping[str, torch.Tensor], step: int = 0, steps: int = 1) -> torch.Tensor:
         total = weighted_sum(values, (*self.model, *self.extra))
-        if self.distill:
-            total = total + self.ramp(step, steps) * self.weight * weighted_sum(values, self.distill)
+        if self.distills_at(step):
+            total = total + self.ramp(step, steps) * self.weight * self.every * weighted_sum(values, self.distill)
         return total
 
     def __str__(self) -> str:
         text = "loss = " + _text((*self.model, *self.extra))
         if self.distill:
             ramp = f"·ramp(t, {self.warmup:g})" if self.warmup > 0 else ""
-            text += f" + {self.weight:g}{ramp}·({_text(self.distill)})"
+            every = f" (every {self.every} steps)" if self.every > 1 else ""
+            text += f" + {self.weight * self.every:g}{ramp}·({_text(self.distill)}){every}"
         return text

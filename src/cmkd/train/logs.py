@@ -64,13 +64,16 @@ def read_logs(pending: list[tuple[int, dict[str, torch.Tensor]]], run_dir: Path,
     """Step logs as numbers (one device sync for many steps); stops on a non-finite loss."""
     if not pending:
         return []
-    keys = list(pending[0][1])
-    values = torch.stack([torch.stack([logs[k] for k in keys]) for _, logs in pending]).cpu().tolist()
-    for (step, _), row in zip(pending, values):
-        loss = row[keys.index("loss")]
+    cells = [(i, k, v) for i, (_, logs) in enumerate(pending) for k, v in logs.items()]  # steps may differ in terms
+    numbers = torch.stack([v for _, _, v in cells]).cpu().tolist()
+    rows: list[dict[str, float]] = [{} for _ in pending]
+    for (i, k, _), x in zip(cells, numbers):
+        rows[i][k] = x
+    for (step, _), row in zip(pending, rows):
+        loss = row["loss"]
         if not math.isfinite(loss):
             last = run_dir / "last.json"
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(f"loss became {loss} at step {step} (episode {episodes(step)}); {kept}; "
                                    "lower train.lr and resume")
-    return [dict(zip(keys, row)) for row in values]
+    return rows

@@ -124,7 +124,7 @@ class Trainer:
         text = inputs.text_inputs(self.data, self.model, flat, caption_ids)[0]
         captions = self.lsl.captions(flat, gen) if self.lsl is not None else None
         emb, scores, values = self.forward(images if self.model.uses_image else None, text, n_ep, captions=captions)
-        if self.distiller is not None:
+        if self.distiller is not None and self.objective.distills_at(step):
             values.update(self.distiller.terms(self.forward, self.model, episodes, flat, images, caption_ids,
                                                emb, scores))
         loss = self.objective(values, step, sched.steps)
