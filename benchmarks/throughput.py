@@ -251,6 +251,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (the compile happens there)")
     ap.add_argument("--only", nargs="+", metavar="BACKBONE-SIZE-SHOT", help="e.g. conv4-84-1 resnet12-84-1")
     ap.add_argument("--no-distill", action="store_true", help="skip the distillation-step measurement")
+    ap.add_argument("--distill-only", action="store_true", help="only the distillation-step measurement")
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers (default: all cores)")
@@ -258,7 +259,7 @@ def main() -> None:
     args = ap.parse_args()
     threads = configure_cpu()
     glyphs = load_glyphs(32)
-    chosen = [s for s in SETTINGS if not args.only or f"{s[0]}-{s[1]}-{s[2]}" in args.only]
+    chosen = [s for s in SETTINGS if (not args.only or f"{s[0]}-{s[1]}-{s[2]}" in args.only) and not args.distill_only]
     rows = []
     for size in sorted({s[1] for s in chosen}, reverse=True):
         ds = resized_subset(glyphs, args.classes, args.per_class, size)
