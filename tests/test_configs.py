@@ -33,11 +33,13 @@ def test_cub_paper_configs_run_on_a_fixture(backbone, tmp_path, monkeypatch):
     assert main(["prepare", "cub", "--root", str(src), "--captions", str(src / "text_c10"), "--skip-bad",
                  "--size", "84", "--name", "cub_84", "--workers", "2"]) == 0
     tiny = [f"out={tmp_path / 'runs'}", "train.episodes=1", "train.val_every=1", "train.val_episodes=2",
-            "train.val_query=1", "episode.query=1", "train.episodes_per_step=1"]
+            "train.val_query=1", "episode.query=1", "train.episodes_per_step=1", "train.max_episodes=2"]
     assert main(["train", "--config", f"cub/{backbone}_teacher", *tiny]) == 0
     assert main(["distill", "--config", f"cub/{backbone}_cmkd", "--modality", "text",
                  "--name", "text_student", "--teacher", str(tmp_path / "runs" / f"cub_{backbone}_teacher"),
                  *tiny]) == 0
     meta = json.loads((tmp_path / "runs" / "text_student" / "best.json").read_text())
+    assert [c["episodes"] for c in json.loads((tmp_path / "runs" / "text_student" / "plateau.json").read_text())
+            ["curve"]] == [1, 2], "the CUB configs train to the plateau (capped here)"
     assert meta["spec"]["model"]["modality"] == "text" and meta["spec"]["model"]["backbone"] == backbone
     assert not (tmp_path / "runs" / f"cub_{backbone}_cmkd").exists()
