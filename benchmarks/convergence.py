@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cmkd.config import load_config
+from cmkd.config import _flatten, load_config
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.registry import load_dataset
@@ -184,13 +184,27 @@ def report(args: argparse.Namespace) -> None:
 
 
 def _reference(role: str, budget: int, groups: dict) -> tuple[str, dict] | None:
-    """The student alone of the same modality (and tag) at the same budget, for a distilled student."""
+    """The student alone of the same modality (and tag) at the same budget, for a distilled student; for a tag
+    that changed only ``distill.*`` keys (its student's config equals the untagged one's otherwise), the
+    untagged student alone."""
     modality, _, rest = role.partition("_")
     if not rest or rest.startswith("none") or modality == "teacher":
         return None
     tag = rest.split("_", 2)[2] if rest.count("_") >= 2 else ""
     ref_role = f"{modality}_none" + (f"_{tag}" if tag else "")
-    return (ref_role, groups[(ref_role, budget)]) if (ref_role, budget) in groups else None
+    if (ref_role, budget) in groups:
+        return ref_role, groups[(ref_role, budget)]
+    plain, mine = groups.get((f"{modality}_none", budget)), groups[(role, budget)]
+    if tag and plain and all(_same_student(mine[s], plain[s]) for s in mine if s in plain):
+        return f"{modality}_none", plain
+    return None
+
+
+def _same_student(a: dict, b: dict) -> bool:
+    """Whether two cells' configs agree on every key both hold, apart from what names or distils them (a key
+    one cell lacks was added to cmkd later, and the older cell ran at its default)."""
+    fa, fb = _flatten(a["config"]), _flatten(b["config"])
+    return all(fa[k] == fb[k] for k in fa.keys() & fb.keys() if k.split(".")[0] not in ("name", "out", "distill"))
 
 
 def plot(out: dict, path: Path, settings: list[str]) -> None:
