@@ -10,7 +10,7 @@ from cmkd.cli import main
 from cmkd.config import load_config
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
-from cmkd.eval.probe import RIDGE_GRID, LinearMap, fit_image_to_text, probe, r_squared, verdict
+from cmkd.eval.probe import RIDGE_GRID, LinearMap, fit_image_to_text, probe, r_squared, table, verdict
 from cmkd.models.fewshot import build_model
 
 FAST = ["train.episodes=10", "train.val_every=10", "train.val_episodes=10", "train.val_query=3", "episode.query=3"]
@@ -50,6 +50,9 @@ def test_one_model_in_every_role_adds_nothing_and_carries_everything(small):
         assert s["accuracy"]["text from image"]["mean"] == pytest.approx(s["accuracy"]["text"]["mean"], abs=0.02)
         assert s["image_carries"] == pytest.approx(1.0, abs=0.1) and s["r_squared"] > 0.99
         assert "the text adds nothing measurable (+0.00 ± 0.00 points)" in verdict(s)
+    at_chance = {**result["settings"][0], "image_carries": None}
+    assert "no text knowledge to carry" in verdict(at_chance)
+    assert "| – |" in table({**result, "settings": [at_chance]})
     with pytest.raises(ValueError, match="missing: text"):
         probe({"image": model, "image+text": model}, data, settings)
 

@@ -373,7 +373,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
     settings = [EpisodeSetting(e.way, e.shot, e.query)]
     if args.fine_grained:
         settings.append(EpisodeSetting(e.way, e.shot, e.query, fine_grained=True))
-    result = probe(models, DeviceData(dataset, device), settings, args.split, args.episodes, args.seed)
+    result = probe(models, DeviceData(dataset, device), settings, args.split, args.episodes, args.seed,
+                   base.data.eval_captions == "mean")
     result.update(dataset=dataset.name, runs={p: str(c.run_dir) for p, c in configs.items()},
                   train_episodes=base.train.episodes, budget=base.train.budget, provenance=provenance(device))
     out = write_json(result, args.out or base.run_dir / "probe.json")

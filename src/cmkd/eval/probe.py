@@ -67,34 +67,37 @@ def fit_image_to_text(x: torch.Tensor, y: torch.Tensor, labels: np.ndarray) -> t
 
 
 def probe(models: Mapping[str, FewShotModel], data: DeviceData, settings: Sequence[EpisodeSetting],
-          split: str = "val", episodes: int = 600, seed: int = 7) -> dict:
+          split: str = "val", episodes: int = 600, seed: int = 7, all_captions: bool = True) -> dict:
     """Accuracies of the three :data:`PARTS` and of the text head on image-predicted text embeddings,
     on the same fixed ``split`` episodes per setting, with the paired gain of the text and the share
-    of the text model's accuracy the image carries. Returns a JSON-ready dict (fractions, not %)."""
+    of the text model's accuracy the image carries (None when the text model is at chance). Each model
+    embeds every needed sample once, for all settings. Returns a JSON-ready dict (fractions, not %)."""
     missing = [p for p in PARTS if p not in models]
     if missing:
         raise ValueError(f"probe needs an image, a text and an image+text model; missing: {', '.join(missing)}")
     image, text = models["image"], models["text"]
     base = data.dataset.split_indices("base")
-    mapping, strength = fit_image_to_text(embed_indices(image, data, base), embed_indices(text, data, base),
+    mapping, strength = fit_image_to_text(embed_indices(image, data, base, all_captions),
+                                          embed_indices(text, data, base, all_captions),
                                           data.dataset.labels.numpy()[base])
+    lists = [episode_list(data, split, setting, episodes, seed) for setting in settings]
+    needed = np.unique(np.concatenate([eps.ravel() for eps in lists]))
+    emb = {p: Embedded(needed, embed_indices(models[p], data, needed, all_captions)) for p in PARTS}
+    predicted = Embedded(needed, mapping(emb["image"].emb))
     out: dict = {"split": split, "episodes": episodes, "seed": seed, "ridge_strength": strength, "settings": []}
-    for setting in settings:
-        eps = episode_list(data, split, setting, episodes, seed)
-        needed = np.unique(eps)
-        emb = {p: Embedded(needed, embed_indices(models[p], data, needed)) for p in PARTS}
-        predicted = Embedded(needed, mapping(emb["image"].emb))
+    for setting, eps in zip(settings, lists):
         accs = {p: accuracy_per_episode(models[p], emb[p], eps, setting.way, setting.shot) for p in PARTS}
         accs["text from image"] = accuracy_per_episode(text, predicted, eps, setting.way, setting.shot)
         chance = 1 / setting.way
         above = float(accs["text"].mean()) - chance
-        carried = (float(accs["text from image"].mean()) - chance) / above if above > 0 else float("nan")
+        carried = (float(accs["text from image"].mean()) - chance) / above if above > 0 else None
+        rows = torch.as_tensor(np.searchsorted(needed, np.unique(eps)), device=predicted.emb.device)  # this setting's
         out["settings"].append({
             "label": setting.label(),
             "accuracy": {k: _stat(v) for k, v in accs.items()},
             "text_adds": _stat(accs["image+text"] - accs["image"]),
             "image_carries": carried,
-            "r_squared": r_squared(predicted.emb, emb["text"].emb),
+            "r_squared": r_squared(predicted.emb[rows], emb["text"].emb[rows]),
         })
     return out
 
@@ -114,7 +117,7 @@ def verdict(setting: dict) -> str:
         gain = f"the image+text model is {-100 * adds['mean']:.2f} points below the image alone"
     else:
         gain = f"the text adds nothing measurable ({100 * adds['mean']:+.2f} ± {100 * adds['ci95']:.2f} points)"
-    share = ("the text model is at chance, so there is no text knowledge to carry" if carried != carried
+    share = ("the text model is at chance, so there is no text knowledge to carry" if carried is None
              else f"the image predicts text embeddings that keep {100 * carried:.0f}% of the text model's "
                   "accuracy above chance")
     return f"{setting['label']}: {gain}; {share}."
@@ -128,8 +131,8 @@ def table(result: dict) -> str:
     for s in result["settings"]:
         acc = [f"{100 * s['accuracy'][c]['mean']:.2f} ± {100 * s['accuracy'][c]['ci95']:.2f}" for c in cols]
         adds = f"{100 * s['text_adds']['mean']:+.2f} ± {100 * s['text_adds']['ci95']:.2f}"
-        rows.append(f"| {s['label']} | " + " | ".join(acc) + f" | {adds} | {100 * s['image_carries']:.0f}% | "
-                    f"{s['r_squared']:.2f} |")
+        carried = "–" if s["image_carries"] is None else f"{100 * s['image_carries']:.0f}%"
+        rows.append(f"| {s['label']} | " + " | ".join(acc) + f" | {adds} | {carried} | {s['r_squared']:.2f} |")
     legend = (f"Accuracy in % ± 95% interval over {result['episodes']} fixed {result['split']} episodes (seed "
               f"{result['seed']}). *text from image*: the text model's head on text embeddings predicted from the "
               f"image model's (ridge map fitted on base samples, strength {result['ridge_strength']:g}); *image "
