@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cmkd.config import _flatten, load_config
+from cmkd.config import flatten, load_config, upgrade
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.registry import load_dataset
@@ -180,13 +180,13 @@ def report(args: argparse.Namespace) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(args.out, json.dumps(out, indent=1), sync=False)
     if args.plot:
-        plot(out, args.plot, args.plot_setting)
+        plot(out, args.plot, args.plot_setting, args.plot_roles)
 
 
 def _reference(role: str, budget: int, groups: dict) -> tuple[str, dict] | None:
-    """The student alone of the same modality (and tag) at the same budget, for a distilled student; for a tag
-    that changed only ``distill.*`` keys (its student's config equals the untagged one's otherwise), the
-    untagged student alone."""
+    """The student alone a distilled cell is paired with, at the same budget: the one of the same modality and
+    tag; failing that, a student alone (of any tag) whose config equals the distilled one's apart from
+    ``distill.*`` keys, so that a tag naming a distillation variant pairs with the student it distils into."""
     modality, _, rest = role.partition("_")
     if not rest or rest.startswith("none") or modality == "teacher":
         return None
@@ -194,37 +194,48 @@ def _reference(role: str, budget: int, groups: dict) -> tuple[str, dict] | None:
     ref_role = f"{modality}_none" + (f"_{tag}" if tag else "")
     if (ref_role, budget) in groups:
         return ref_role, groups[(ref_role, budget)]
-    plain, mine = groups.get((f"{modality}_none", budget)), groups[(role, budget)]
-    if tag and plain and all(_same_student(mine[s], plain[s]) for s in mine if s in plain):
-        return f"{modality}_none", plain
+    mine = groups[(role, budget)]
+    for (other, b), plain in sorted(groups.items()):
+        if b == budget and (other == f"{modality}_none" or other.startswith(f"{modality}_none_")) and \
+                any(s in plain for s in mine) and all(_same_student(mine[s], plain[s]) for s in mine if s in plain):
+            return other, plain
     return None
 
 
 def _same_student(a: dict, b: dict) -> bool:
-    """Whether two cells' configs agree on every key both hold, apart from what names or distils them (a key
-    one cell lacks was added to cmkd later, and the older cell ran at its default)."""
-    fa, fb = _flatten(a["config"]), _flatten(b["config"])
-    return all(fa[k] == fb[k] for k in fa.keys() & fb.keys() if k.split(".")[0] not in ("name", "out", "distill"))
+    """Whether two cells' configs agree on every key apart from what names or distils them (a key one cell
+    lacks was added to cmkd later, and ``upgrade`` gives it the default the older cell ran at)."""
+    fa, fb = flatten(upgrade(a["config"])), flatten(upgrade(b["config"]))
+    return all(fa[k] == fb[k] for k in fa if k.split(".")[0] not in ("name", "out", "distill"))
 
 
-def plot(out: dict, path: Path, settings: list[str]) -> None:
+def _seed_counts(rows: list[dict]) -> str:
+    """'3 seeds', or '3 seeds; 1 at 38,400' where some budgets hold fewer seeds than the most."""
+    most = max(len(r["seeds"]) for r in rows)
+    fewer = [f"{len(r['seeds'])} at {r['episodes']:,}" for r in rows if len(r["seeds"]) < most]
+    return "; ".join([f"{most} seed{'s' if most > 1 else ''}", *fewer])
+
+
+def plot(out: dict, path: Path, settings: list[str], roles: list[str] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 4.0), squeeze=False)
-    roles = sorted({r["run"] for r in out["rows"]})
+    known = sorted({r["run"] for r in out["rows"]})
+    if unknown := sorted(set(roles or []) - set(known)):
+        raise SystemExit(f"--plot-roles: no cells for {unknown}; the runs are {known}")
+    roles = roles or known
     for ax, label in zip(axes[0], settings):
         for role in roles:
             rows = sorted((r for r in out["rows"] if r["run"] == role), key=lambda r: r["episodes"])
             x = [r["episodes"] for r in rows]
             y = [100 * r["accuracy"][label]["mean"] for r in rows]
             ci = [100 * r["accuracy"][label]["ci95"] for r in rows]
-            seeds = max(len(r["seeds"]) for r in rows)
-            ax.errorbar(x, y, yerr=ci, marker="o", ms=4, capsize=3, label=f"{role} ({seeds} seeds)")
+            ax.errorbar(x, y, yerr=ci, marker="o", ms=4, capsize=3, label=f"{role} ({_seed_counts(rows)})")
         ax.set_xscale("log", base=2)
-        budgets = sorted({r["episodes"] for r in out["rows"]})
+        budgets = sorted({r["episodes"] for r in out["rows"] if r["run"] in roles})
         ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
         ax.minorticks_off()
         ax.set_xlabel("training episodes")
@@ -264,6 +275,7 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--plot", type=Path)
     p.add_argument("--plot-setting", nargs="+", default=["val 1-shot FG", "novel 1-shot FG"])
+    p.add_argument("--plot-roles", nargs="+", help="the runs to draw (default: all), e.g. image_none image_srl_t9600")
     args = ap.parse_args()
     run(args) if args.command == "run" else report(args)
 

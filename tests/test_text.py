@@ -7,6 +7,8 @@ def test_tokenize_lowercases_and_splits_punctuation():
     assert tokenize("This bird has a RED crown, and\ufffd white-ish wings.") == \
         ["this", "bird", "has", "a", "red", "crown", "and", "white", "ish", "wings"]
     assert clean_caption("  a\ufffdb  c ") == "a b c"
+    for text in ("  a\ufffdb  c ", "İstanbul\t\ufffd\ufffdWREN\n"):  # cleaning first changes no word
+        assert tokenize(text) == tokenize(clean_caption(text))
 
 
 def test_vocab_from_training_captions_maps_unseen_words_to_unk():
@@ -22,6 +24,7 @@ def test_caption_table_dedupes_and_picks_among_a_samples_captions():
     table = CaptionTable.build(caps, lambda texts: torch.arange(len(texts)))
     assert table.inputs.tolist() == [0, 1, 2, 3]  # 4 distinct captions
     assert table.counts.tolist() == [2, 1, 3]
+    assert table.sample_captions.tolist() == [[0, 1, -1], [0, -1, -1], [2, 3, 1]]
     g = torch.Generator().manual_seed(0)
     picks = torch.stack([table.random_ids(torch.tensor([0, 1, 2]), g) for _ in range(200)])
     assert set(picks[:, 0].tolist()) == {0, 1}

@@ -370,7 +370,7 @@ def _unknown(path: str, prefix: str, valid: list[str]) -> str:
 def upgrade(tree: dict[str, Any]) -> dict[str, Any]:
     """A stored config (a run folder's ``config.json``) of an earlier cmkd in today's key names; keys that did
     not exist then take their defaults, which reproduce the earlier behaviour (RKD's weights 1 and 2)."""
-    flat = _flatten(tree)
+    flat = flatten(tree)
     for old, new in RENAMED.items():
         if old in flat:
             flat[new] = flat.pop(old)
@@ -434,7 +434,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _set_dotted(tree, *parse_override(item))
     cfg = _build(Config, tree, "", "")
     validate(cfg)
-    check_read(cfg, set(_flatten(tree)), command)
+    check_read(cfg, set(flatten(tree)), command)
     return cfg
 
 
@@ -597,11 +597,12 @@ def _check_value(key: Key, value: Any) -> None:
         raise ConfigError(f"config field '{key.name}' must be {bound}, got {value}")
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config tree (as ``Config.to_dict`` writes it) as ``{'section.key': value}``."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -610,7 +611,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def resume_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Differences a resumed run may not have, between a stored run's config (upgraded to today's
     keys) and a new one, as ``'field: old -> new'`` lines (empty when the new config may continue it)."""
-    a, b = _flatten(upgrade(old)), _flatten(new)
+    a, b = flatten(upgrade(old)), flatten(new)
     out = []
     for name in sorted(set(a) | set(b)):
         rule = schema()[name].resume if name in schema() else "fixed"

@@ -30,8 +30,9 @@ def clean_caption(text: str) -> str:
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased words; punctuation and underscores separate words and are dropped."""
-    return _WORD.findall(clean_caption(text).lower())
+    """Lower-cased words; punctuation and underscores separate words and are dropped (so are U+FFFD and
+    runs of whitespace, which ``clean_caption`` would remove)."""
+    return _WORD.findall(text.lower())
 
 
 class Vocab:
@@ -97,11 +98,11 @@ class CaptionTable:
                                  "one); the text modality needs a caption for every image: add the caption "
                                  "files, or train with model.modality=image")
             rows.append([index.setdefault(c, len(index)) for c in caps])
-        width = max(len(r) for r in rows)
-        table = torch.full((len(rows), width), -1, dtype=torch.long)
-        for i, r in enumerate(rows):
-            table[i, : len(r)] = torch.tensor(r)
-        return cls(prepare(list(index)), table, torch.tensor([len(r) for r in rows]))
+        counts = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        table = np.full((len(rows), int(counts.max())), -1, dtype=np.int64)
+        table[np.arange(table.shape[1]) < counts[:, None]] = np.fromiter(itertools.chain.from_iterable(rows),
+                                                                         dtype=np.int64, count=int(counts.sum()))
+        return cls(prepare(list(index)), torch.from_numpy(table), torch.from_numpy(counts))
 
     def to(self, device: torch.device | str) -> CaptionTable:
         return CaptionTable(self.inputs.to(device), self.sample_captions.to(device), self.counts.to(device))

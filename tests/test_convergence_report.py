@@ -1,0 +1,81 @@
+"""benchmarks/convergence.py report: which student alone each distilled cell is paired with, and the plot's
+seed counts. The pairing decides every headline difference, so it is tested on hand-made cells."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("convergence", ROOT / "benchmarks" / "convergence.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+convergence = _module()
+
+
+def _cell(cells: Path, name: str, acc: float, config: dict) -> None:
+    seed = int(name.rsplit("_s", 1)[1])
+    noise = np.random.default_rng(seed).normal(0, 0.01, 20)  # the same per-episode noise for every cell of a seed
+    per_episode = {label: (acc + noise).tolist() for label in convergence.SETTINGS}
+    record = {"cell": name, "config": config, "train_seconds": 1.0, "per_episode": per_episode}
+    (cells / f"{name}.json").write_text(json.dumps(record))
+
+
+def _report(cells: Path, tmp: Path, **kw) -> dict:
+    args = argparse.Namespace(cells=cells, show=["val 1-shot FG"], out=tmp / "out.json", plot=None,
+                              plot_setting=["val 1-shot FG"], plot_roles=None, **kw)
+    convergence.report(args)
+    return {(r["run"], r["episodes"]): r for r in json.loads((tmp / "out.json").read_text())["rows"]}
+
+
+def test_pairing_follows_tags_and_configs(tmp_path):
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    plain = {"data": {}, "distill": {}, "name": "x"}  # a cell from before data.low_res: it ran at the default
+    low = {"data": {"low_res": 8}, "distill": {"every": 1}, "name": "y"}
+    for seed in (0, 1, 2):
+        _cell(cells, f"image_none_e100_s{seed}", 0.50, plain)
+        _cell(cells, f"image_srl_t9_e100_s{seed}", 0.60, plain)
+        _cell(cells, f"image_srl_t9_every4_e100_s{seed}", 0.55, {**plain, "distill": {"every": 4}})
+        _cell(cells, f"image_none_lowres8_e100_s{seed}", 0.30, low)
+        _cell(cells, f"image_srl_t9_lowres8_e100_s{seed}", 0.34, low)
+        _cell(cells, f"image_srl_t9_lowres8w16_e100_s{seed}", 0.33, {**low, "distill": {"weight": 16}})
+        _cell(cells, f"image_srl_t9_shifted_e100_s{seed}", 0.70, {**low, "data": {"low_res": 4}})  # no reference
+    rows = _report(cells, tmp_path)
+    ref = {run: row["minus_reference"].get("val 1-shot FG") for (run, _), row in rows.items()}
+    assert ref["image_none"] is None and ref["image_none_lowres8"] is None
+    assert ref["image_srl_t9"]["reference"] == "image_none"
+    assert ref["image_srl_t9_every4"]["reference"] == "image_none"  # only distill.* differs
+    assert ref["image_srl_t9_lowres8"]["reference"] == "image_none_lowres8"  # its own tagged student
+    assert ref["image_srl_t9_lowres8w16"]["reference"] == "image_none_lowres8"  # a distill variant of it
+    assert ref["image_srl_t9_shifted"] is None  # never paired with a student of another config
+    assert ref["image_srl_t9"]["seeds"] == [0, 1, 2]
+    for run, gain in {"image_srl_t9": 0.10, "image_srl_t9_lowres8": 0.04, "image_srl_t9_lowres8w16": 0.03}.items():
+        assert ref[run]["mean"] == pytest.approx(gain, abs=1e-9)
+
+
+def test_seed_counts_name_the_thin_budgets():
+    rows = [{"episodes": 1200, "seeds": [0, 1, 2]}, {"episodes": 38400, "seeds": [0]}]
+    assert convergence._seed_counts(rows) == "3 seeds; 1 at 38,400"
+    assert convergence._seed_counts(rows[:1]) == "3 seeds"
+    assert convergence._seed_counts(rows[1:]) == "1 seed"
+
+
+def test_plot_refuses_unknown_roles(tmp_path):
+    out = {"rows": [{"run": "image_none", "episodes": 100, "seeds": [0],
+                     "accuracy": {"val 1-shot FG": {"mean": 0.5, "ci95": 0.0}}}]}
+    with pytest.raises(SystemExit, match="image_srl"):
+        convergence.plot(out, tmp_path / "p.png", ["val 1-shot FG"], ["image_srl"])
+    convergence.plot(out, tmp_path / "p.png", ["val 1-shot FG"], ["image_none"])
+    assert (tmp_path / "p.png").stat().st_size > 0
