@@ -15,7 +15,7 @@ from cmkd.checkpoint import (
 )
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
-from cmkd.errors import CheckpointError, TrainingDiverged
+from cmkd.errors import CheckpointError, ConfigError, TrainingDiverged
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.models import inputs
 from cmkd.train.loop import Trainer
@@ -153,6 +153,31 @@ def test_distilling_every_third_step_triples_the_weight_and_leaves_the_other_ste
     student.fit(progress=False)  # logs of steps with and without the terms are read together
     logged = [json.loads(line) for line in (student.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("srl_rel" in r for r in logged if r["kind"] == "train")
+
+
+def test_init_encoder_starts_the_student_from_the_teachers_branch_of_its_modality(small, fast_cfg):
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.5)  # unlike any fresh initialisation
+    for modality, branch in (("image", "image_encoder"), ("text", "text_encoder")):
+        flags = {"name": f"s_{modality}", "model.modality": modality}
+        plain = Trainer(fast_cfg(**flags), small, teacher=teacher).model
+        warm = Trainer(fast_cfg(**flags, **{"distill.init_encoder": True}), small, teacher=teacher).model
+        source = getattr(teacher, branch).state_dict()
+        assert all(torch.equal(v, source[k]) for k, v in getattr(warm, branch).state_dict().items()), modality
+        fresh = dict(getattr(plain, branch).named_parameters())
+        assert not any(torch.equal(fresh[k], source[k]) for k in fresh), "without the flag the encoder starts fresh"
+        assert all(torch.equal(a, b) for a, b in zip(warm.head.parameters(), plain.head.parameters()))
+    wider = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "w", "model.backbone": "resnet12"}),
+                    small).model
+    with pytest.raises(ConfigError, match=r"distill.init_encoder: the teacher's image encoder .*distill.init_encoder="
+                                          r"false"):
+        Trainer(fast_cfg(**{"name": "s", "distill.init_encoder": True}), small, teacher=wider)
+    image_only = Trainer(fast_cfg(**{"name": "i"}), small).model
+    with pytest.raises(ConfigError, match="the teacher has no text encoder"):
+        Trainer(fast_cfg(**{"name": "s", "model.modality": "text", "distill.init_encoder": True}), small,
+                teacher=image_only)
 
 
 def test_device_data_mean_caption_embedding(small, fast_cfg):

@@ -200,6 +200,9 @@ class DistillConfig:
     every: int = setting(1, "distil on every N-th step only, with N times the weight: the same expected gradient "
                          "for 1/N of the distillation's cost (the SRL's clean view is a second student forward)",
                          low=1, high=10**6, read_when=DISTILLING)
+    init_encoder: bool = setting(False, "start the student's encoder (image or text) from the teacher's encoder of "
+                                 "that modality, with the same architecture; the head starts fresh",
+                                 read_when=DISTILLING)
     teacher_inputs: str = setting("clean", "'clean': the teacher embeds un-augmented samples (all captions "
                                   "averaged), once, cached; 'same': it sees the student's training inputs",
                                   choices=("clean", "same"), read_when=DISTILLING)

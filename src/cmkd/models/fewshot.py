@@ -238,3 +238,28 @@ def check_same_model(model: FewShotModel, cfg: Config, dataset: FewShotDataset, 
     if differ:
         raise ConfigError(f"{role}: the checkpoint holds another model than the configured one:\n  " +
                           "\n  ".join(differ) + "\nStart from a checkpoint of the same model, or configure it so")
+
+
+def copy_encoder(teacher: FewShotModel, student: FewShotModel) -> None:
+    """Start ``student``'s encoder from ``teacher``'s encoder of the same modality (``distill.init_encoder``): an
+    image student from the teacher's image branch. Refused, naming the fix, unless the two are the same
+    architecture (and, for text, the same vocabulary)."""
+    if student.uses_image == student.uses_text:
+        raise ConfigError("distill.init_encoder: the student sees both modalities; it starts from one encoder of "
+                          "the teacher only when it sees one (model.modality=image or text)")
+    name, modality = ("image_encoder", "image") if student.uses_image else ("text_encoder", "text")
+    source, target = getattr(teacher, name), getattr(student, name)
+    fix = "give both the same model settings (model.backbone, widths, text encoder), or set distill.init_encoder=false"
+    if source is None:
+        raise ConfigError(f"distill.init_encoder: the teacher has no {modality} encoder (it sees "
+                          f"{teacher.cfg.modality}); {fix}")
+    have, want = source.state_dict(), target.state_dict()
+    differ = sorted(k for k in have.keys() | want.keys() if k not in have or k not in want
+                    or have[k].shape != want[k].shape)
+    if type(source) is not type(target) or differ:
+        raise ConfigError(f"distill.init_encoder: the teacher's {modality} encoder ({type(source).__name__}) is not "
+                          f"the student's ({type(target).__name__})" + (f"; tensors differ: {', '.join(differ[:4])}"
+                                                                         if differ else "") + f"; {fix}")
+    if modality == "text" and getattr(teacher.vocab, "key", None) != getattr(student.vocab, "key", None):
+        raise ConfigError(f"distill.init_encoder: the teacher's vocabulary is not the student's; {fix}")
+    target.load_state_dict(have)

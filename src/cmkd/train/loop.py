@@ -23,7 +23,7 @@ from cmkd.eval.evaluate import Embedded, episode_list, evaluate_episodes
 from cmkd.eval.stats import mean_ci
 from cmkd.losses.objective import Objective
 from cmkd.models import inputs
-from cmkd.models.fewshot import FewShotModel, build_model, check_same_model
+from cmkd.models.fewshot import FewShotModel, build_model, check_same_model, copy_encoder
 from cmkd.registry import METHODS
 from cmkd.runtime import forked_rng, provenance, resolve_precision, rng_state, seed_for
 from cmkd.train.distiller import Distiller
@@ -39,9 +39,9 @@ log = logging.getLogger("cmkd")
 
 
 class Trainer:
-    """Trains ``cfg``'s model on the base split, validating on fixed val episodes. ``teacher`` (left
-    untouched: a frozen copy is used) makes it distillation; ``init`` gives starting weights (copied);
-    ``teacher_cache`` shares one teacher pass between several students."""
+    """Trains ``cfg``'s model on the base split, validating on fixed val episodes. ``teacher`` (left untouched: a
+    frozen copy is used) makes it distillation; ``init`` gives starting weights (copied), as may the teacher's
+    encoder (``distill.init_encoder``); ``teacher_cache`` shares one teacher pass between several students."""
 
     def __init__(self, cfg: Config, dataset: FewShotDataset, device: torch.device | str = "cpu",
                  teacher: FewShotModel | None = None, init: FewShotModel | None = None,
@@ -57,20 +57,20 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         with forked_rng(self.device, cfg.train.seed):  # the initial weights are part of the seeded run
             self.model = (copy.deepcopy(init) if init is not None else build_model(cfg.model, dataset)).to(self.device)
+            if teacher is not None and cfg.distill.init_encoder:
+                copy_encoder(teacher, self.model)
             if cfg.train.channels_last:
                 self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.lsl = LanguageShaping(cfg.lsl, self.data, self.model.out_dim) if cfg.lsl.weight > 0 else None
             self._rng_after_init = rng_state(self.device)  # pre-training continues this stream
         method = METHODS.get(cfg.distill.method)(cfg.distill) if teacher is not None else None
-        self.distiller = (Distiller(teacher, method, cfg, self.data, teacher_cache)
-                          if teacher is not None and method is not None else None)
+        self.distiller = Distiller(teacher, method, cfg, self.data, teacher_cache) if teacher and method else None
         self.objective = Objective.build(cfg, self.model.head.loss_name, self.model.regularised,
                                          self.model.late_fusion, method)
         decoder = self.lsl.decoder if self.lsl is not None else None
         e = cfg.episode
-        self.forward = data_parallel(
-            EpisodeForward(self.model, self.objective, e.way, e.shot, self.precision, self.device, decoder),
-            self.device, self.ranks.world)
+        step_forward = EpisodeForward(self.model, self.objective, e.way, e.shot, self.precision, self.device, decoder)
+        self.forward = data_parallel(step_forward, self.device, self.ranks.world)
         if cfg.train.compile:
             self.forward = torch.compile(self.forward)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
