@@ -78,4 +78,9 @@ def test_plot_refuses_unknown_roles(tmp_path):
     with pytest.raises(SystemExit, match="image_srl"):
         convergence.plot(out, tmp_path / "p.png", ["val 1-shot FG"], ["image_srl"])
     convergence.plot(out, tmp_path / "p.png", ["val 1-shot FG"], ["image_none"])
-    assert (tmp_path / "p.png").stat().st_size > 0
+    out["rows"].append({"run": "image_srl", "episodes": 200, "seeds": [0],
+                        "accuracy": {"val 1-shot FG": {"mean": 0.7, "ci95": 0.0}}})
+    convergence.plot(out, tmp_path / "both.png", ["val 1-shot FG"])
+    convergence.plot(out, tmp_path / "one.png", ["val 1-shot FG"], ["image_none"])
+    assert (tmp_path / "one.png").read_bytes() == (tmp_path / "p.png").read_bytes()  # the other run left out
+    assert (tmp_path / "both.png").read_bytes() != (tmp_path / "p.png").read_bytes()

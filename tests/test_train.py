@@ -174,6 +174,9 @@ def test_init_encoder_starts_the_student_from_the_teachers_branch_of_its_modalit
     with pytest.raises(ConfigError, match=r"distill.init_encoder: the teacher's image encoder .*distill.init_encoder="
                                           r"false"):
         Trainer(fast_cfg(**{"name": "s", "distill.init_encoder": True}), small, teacher=wider)
+    with pytest.raises(ConfigError, match=r"text encoder \(BagOfWords\) is not the student's \(.*size mismatch"):
+        Trainer(fast_cfg(**{"name": "s", "model.modality": "text", "model.text_dim": 64, "distill.init_encoder": True}),
+                small, teacher=teacher)  # same class, narrower: torch's strict load names the tensors
     image_only = Trainer(fast_cfg(**{"name": "i"}), small).model
     with pytest.raises(ConfigError, match="the teacher has no text encoder"):
         Trainer(fast_cfg(**{"name": "s", "model.modality": "text", "distill.init_encoder": True}), small,

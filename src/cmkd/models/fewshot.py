@@ -253,13 +253,13 @@ def copy_encoder(teacher: FewShotModel, student: FewShotModel) -> None:
     if source is None:
         raise ConfigError(f"distill.init_encoder: the teacher has no {modality} encoder (it sees "
                           f"{teacher.cfg.modality}); {fix}")
-    have, want = source.state_dict(), target.state_dict()
-    differ = sorted(k for k in have.keys() | want.keys() if k not in have or k not in want
-                    or have[k].shape != want[k].shape)
-    if type(source) is not type(target) or differ:
-        raise ConfigError(f"distill.init_encoder: the teacher's {modality} encoder ({type(source).__name__}) is not "
-                          f"the student's ({type(target).__name__})" + (f"; tensors differ: {', '.join(differ[:4])}"
-                                                                         if differ else "") + f"; {fix}")
     if modality == "text" and getattr(teacher.vocab, "key", None) != getattr(student.vocab, "key", None):
         raise ConfigError(f"distill.init_encoder: the teacher's vocabulary is not the student's; {fix}")
-    target.load_state_dict(have)
+    mismatch = f"distill.init_encoder: the teacher's {modality} encoder ({type(source).__name__}) is not the student's"
+    if type(source) is not type(target):
+        raise ConfigError(f"{mismatch} ({type(target).__name__}); {fix}")
+    try:  # strict: every tensor present on both sides, with the same shape (the student is discarded on failure)
+        target.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise ConfigError(f"{mismatch} ({detail}); {fix}") from err
