@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> None:
     ds = load_dataset(load_config("glyphs_student").data)
     out, teacher = {}, None
     for name, config, overrides, distilled in RUNS:
+        if args.only and name not in (*args.only, "teacher", "student"):  # the teacher and the eval's student
+            continue
         if args.old_keys:
             overrides = {k.replace("distill.srl.", "distill."): v for k, v in overrides.items()}
         t = Trainer(load_config(config, flags={**base, **overrides, "name": name}), ds,
@@ -82,7 +84,9 @@ def run(args: argparse.Namespace) -> None:
 def compare(args: argparse.Namespace) -> None:
     a, b = json.loads(args.before.read_text()), json.loads(args.after.read_text())
     for name in a:
-        if name == "eval":
+        if name not in b:
+            print(f"{name}: only in {args.before}")
+        elif name == "eval":
             print(f"eval: {'identical' if a[name] == b.get(name) else 'DIFFERENT'}")
         else:
             word = {True: "identical", False: "DIFFERENT"}
@@ -96,6 +100,8 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--old-keys", action="store_true")
     r.add_argument("--runs", type=Path, default=Path("runs/same_weights"))
+    r.add_argument("--only", nargs="+", choices=[name for name, *_ in RUNS],
+                   help="these runs only (besides the teacher and the student, which the others need)")
     r.add_argument("--out", type=Path, required=True)
     c = sub.add_parser("compare")
     c.add_argument("before", type=Path)

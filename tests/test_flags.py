@@ -14,6 +14,7 @@ from cmkd.checkpoint import load_checkpoint, model_state
 from cmkd.cli import CONFIG_FLAGS, main
 from cmkd.config import load_config, resume_conflicts
 from cmkd.runtime import provenance, source_commit
+from cmkd.train import distiller
 
 REPO = Path(__file__).parents[1]
 FAST = ["train.episodes=6", "train.val_every=6", "train.val_episodes=4", "train.val_query=2", "episode.query=2",
@@ -156,7 +157,7 @@ def test_resume_refuses_another_training_config_and_writes_nothing(tmp_path, cap
     assert json.loads((run / "last.json").read_text())["step"] == 8
 
 
-def test_resume_refuses_another_teacher(tmp_path, capsys):
+def test_resume_refuses_another_teacher(tmp_path, capsys, monkeypatch):
     t1 = _train_teacher(tmp_path / "a")
     assert main(["train", "--config", "glyphs_teacher", f"out={tmp_path / 'b'}",
                  "train.seed=1", *FAST]) == 0
@@ -164,7 +165,9 @@ def test_resume_refuses_another_teacher(tmp_path, capsys):
     args = ["distill", "--name", "s", f"out={tmp_path}", *FAST]
     assert main([*args, "--teacher", str(t1)]) == 0
     capsys.readouterr()
-    assert main([*args, "--teacher", str(t2), "--resume", "train.episodes=8"]) == 2
+    with monkeypatch.context() as m:  # refused before the teacher embeds the base split (a long pass on CUB)
+        m.setattr(distiller, "embed_teacher", lambda *a: pytest.fail("the teacher pass ran before the refusal"))
+        assert main([*args, "--teacher", str(t2), "--resume", "train.episodes=8"]) == 2
     assert "teacher's weights differ" in capsys.readouterr().err
     moved = tmp_path / "moved_teacher"
     t1.rename(moved)  # the same teacher elsewhere may continue its student

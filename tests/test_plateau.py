@@ -1,9 +1,13 @@
 """train.budget=plateau: double the budget until one more doubling gains too little; keep the best run."""
 
+import argparse
 import json
 
 from cmkd.checkpoint import load_model
-from cmkd.cli import main
+from cmkd.cli import _fit, main
+from cmkd.train import distiller
+from cmkd.train.distiller import embed_teacher
+from cmkd.train.loop import Trainer
 
 FAST = ["train.val_every=4", "train.val_episodes=4", "train.val_query=2", "episode.query=2", "train.threads=2"]
 
@@ -37,3 +41,14 @@ def test_plateau_search_runs_to_the_maximum_when_every_doubling_pays(tmp_path):
 def test_plateau_settings_with_a_fixed_budget_are_refused(tmp_path, capsys):
     assert main(["train", "--name", "x", f"out={tmp_path}", *FAST, "train.plateau_gain=1"]) == 2
     assert "'train.plateau_gain' is read only when train.budget is plateau" in capsys.readouterr().err
+
+
+def test_a_distilled_plateau_search_makes_one_teacher_pass(small, fast_cfg, monkeypatch):
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t", "train.episodes": 4}), small).model
+    calls = []
+    monkeypatch.setattr(distiller, "embed_teacher", lambda *a: calls.append(1) or embed_teacher(*a))
+    cfg = fast_cfg(**{"name": "d", "distill.teacher": "t", "train.budget": "plateau", "train.episodes": 4,
+                      "train.val_every": 4, "train.max_episodes": 8, "train.plateau_gain": -100})
+    _fit(cfg, argparse.Namespace(resume=False, overwrite=False), small, "cpu", teacher)
+    info = json.loads((cfg.run_dir / "plateau.json").read_text())
+    assert [c["episodes"] for c in info["curve"]] == [4, 8] and calls == [1], "both budgets, one teacher pass"

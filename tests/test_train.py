@@ -18,6 +18,8 @@ from cmkd.data.episodes import EpisodeSetting
 from cmkd.errors import CheckpointError, ConfigError, TrainingDiverged
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.models import inputs
+from cmkd.train import distiller
+from cmkd.train.distiller import embed_teacher as real_embed_teacher
 from cmkd.train.loop import Trainer
 from conftest import subset
 
@@ -139,6 +141,23 @@ def test_distillation_step_runs_with_a_teacher(small, fast_cfg):
     assert text_student.train_step(0)["srl_rel"] > 0
 
 
+def test_the_teachers_clean_pass_runs_once_at_first_use_and_is_shared(small, fast_cfg, monkeypatch):
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
+    calls = []
+    monkeypatch.setattr(distiller, "embed_teacher", lambda *a: calls.append(1) or real_embed_teacher(*a))
+    student = Trainer(fast_cfg(**{"name": "s"}), small, teacher=teacher)
+    assert calls == [], "no teacher pass before training (a refused run costs none)"
+    student.train_step(0)
+    student.train_step(1)
+    assert len(calls) == 1, "one pass serves every step"
+    again = Trainer(fast_cfg(**{"name": "s2"}), small, teacher=teacher, teacher_cache=student.teacher_cache)
+    again.train_step(0)
+    assert len(calls) == 1, "and every student given the cache"
+    live = Trainer(fast_cfg(**{"name": "s3", "distill.teacher_inputs": "same"}), small, teacher=teacher)
+    live.train_step(0)
+    assert len(calls) == 1 and live.teacher_cache is None, "the live teacher embeds each step's own inputs"
+
+
 def test_distilling_every_third_step_triples_the_weight_and_leaves_the_other_steps_plain(small, fast_cfg):
     teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
     cfg = fast_cfg(**{"name": "s", "distill.method": "srl", "distill.every": 3, "train.episodes": 12,
@@ -181,6 +200,9 @@ def test_init_encoder_starts_the_student_from_the_teachers_branch_of_its_modalit
     with pytest.raises(ConfigError, match="the teacher has no text encoder"):
         Trainer(fast_cfg(**{"name": "s", "model.modality": "text", "distill.init_encoder": True}), small,
                 teacher=image_only)
+    with pytest.raises(ConfigError, match=r"distill.init_encoder and --init both .* drop --init, or set "
+                                          r"distill.init_encoder=false"):  # the init would be silently overwritten
+        Trainer(fast_cfg(**{"name": "s", "distill.init_encoder": True}), small, teacher=teacher, init=image_only)
 
 
 def test_device_data_mean_caption_embedding(small, fast_cfg):

@@ -69,12 +69,12 @@ def _fit(cfg: Config, args: argparse.Namespace, dataset, device, teacher=None, i
     from cmkd.train.loop import Trainer
     from cmkd.train.plateau import fit_to_plateau
 
-    cache: dict = {}
+    made: list[Trainer] = []
 
-    def make(c: Config) -> Trainer:  # every budget of a plateau search shares one teacher pass
-        trainer = Trainer(c, dataset, device, teacher=teacher, init=init, teacher_cache=cache.get("teacher"))
-        cache["teacher"] = trainer.teacher_cache
-        return trainer
+    def make(c: Config) -> Trainer:  # every budget of a plateau search shares one teacher pass, made at first use
+        cache = made[-1].teacher_cache if made else None
+        made[:] = [Trainer(c, dataset, device, teacher=teacher, init=init, teacher_cache=cache)]
+        return made[0]
 
     if cfg.train.budget == "plateau":
         return fit_to_plateau(cfg, make, args.resume, args.overwrite)

@@ -240,10 +240,14 @@ def check_same_model(model: FewShotModel, cfg: Config, dataset: FewShotDataset, 
                           "\n  ".join(differ) + "\nStart from a checkpoint of the same model, or configure it so")
 
 
-def copy_encoder(teacher: FewShotModel, student: FewShotModel) -> None:
+def copy_encoder(teacher: FewShotModel, student: FewShotModel, student_has_init: bool = False) -> None:
     """Start ``student``'s encoder from ``teacher``'s encoder of the same modality (``distill.init_encoder``): an
     image student from the teacher's image branch. Refused, naming the fix, unless the two are the same
-    architecture (and, for text, the same vocabulary)."""
+    architecture (and, for text, the same vocabulary), or when the student already has starting weights
+    (``student_has_init``: ``--init``), which the teacher's encoder would silently overwrite."""
+    if student_has_init:
+        raise ConfigError("distill.init_encoder and --init both give the student's encoder its starting weights; "
+                          "keep one: drop --init, or set distill.init_encoder=false")
     if student.uses_image == student.uses_text:
         raise ConfigError("distill.init_encoder: the student sees both modalities; it starts from one encoder of "
                           "the teacher only when it sees one (model.modality=image or text)")

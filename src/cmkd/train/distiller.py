@@ -35,8 +35,9 @@ class Distiller:
     """Scores a step's episodes with the frozen teacher and returns ``method``'s terms.
 
     The teacher is copied (the caller's module is left as it was), put in eval mode and frozen.
-    With ``distill.teacher_inputs=clean`` its embeddings of the base split are computed once
-    (or taken from ``cache``, shared by several students).
+    With ``distill.teacher_inputs=clean`` its embeddings of the base split are computed once, at the
+    first use (so a run refused before training costs no teacher pass), or taken from ``cache``,
+    shared by several students.
     """
 
     def __init__(self, teacher: FewShotModel, method: Method, cfg: Config, data: DeviceData,
@@ -50,17 +51,22 @@ class Distiller:
         self.teacher = copy.deepcopy(teacher).to(data.device).eval().requires_grad_(False)
         self.method, self.cfg, self.data = method, cfg, data
         self.precision = resolve_precision(cfg.train.precision, data.device)
-        self.cache = None
-        if cfg.distill.teacher_inputs == "clean":
-            if cache is None:
-                log.info("the teacher embeds the %d base samples once (its clean view, cached for every step)",
-                         len(data.dataset.split_indices("base")))
-            self.cache = cache or embed_teacher(self.teacher, data, cfg)
+        self.clean = cfg.distill.teacher_inputs == "clean"
+        self._cache = cache if self.clean else None
+
+    @property
+    def cache(self) -> Embedded | None:
+        """The teacher's clean embeddings of the base split (computed on first use); None when it embeds live."""
+        if self.clean and self._cache is None:
+            log.info("the teacher embeds the %d base samples once (its clean view, cached for every step)",
+                     len(self.data.dataset.split_indices("base")))
+            self._cache = embed_teacher(self.teacher, self.data, self.cfg)
+        return self._cache
 
     @property
     def live(self) -> FewShotModel | None:
         """The teacher when it embeds each step's own inputs (no cache)."""
-        return self.teacher if self.cache is None else None
+        return None if self.clean else self.teacher
 
     def terms(self, forward: nn.Module, model: FewShotModel, episodes: np.ndarray, flat: torch.Tensor,
               images: torch.Tensor | None, caption_ids: torch.Tensor | None, emb: torch.Tensor,
@@ -70,7 +76,7 @@ class Distiller:
         e = self.cfg.episode
         n_ep, n = episodes.shape
         with torch.no_grad():
-            if self.cache is not None:
+            if self.cache is not None:  # the clean view
                 t_emb = self.cache.rows(episodes)
             else:
                 with autocast(self.precision, self.data.device):

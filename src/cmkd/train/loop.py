@@ -58,7 +58,7 @@ class Trainer:
         with forked_rng(self.device, cfg.train.seed):  # the initial weights are part of the seeded run
             self.model = (copy.deepcopy(init) if init is not None else build_model(cfg.model, dataset)).to(self.device)
             if teacher is not None and cfg.distill.init_encoder:
-                copy_encoder(teacher, self.model)
+                copy_encoder(teacher, self.model, student_has_init=init is not None)
             if cfg.train.channels_last:
                 self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.lsl = LanguageShaping(cfg.lsl, self.data, self.model.out_dim) if cfg.lsl.weight > 0 else None
