@@ -244,7 +244,7 @@ def plot(out: dict, path: Path, settings: list[str], roles: list[str] | None = N
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, title="bars: 95% interval over seeds and episodes", title_fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"), sync=False)  # never through a link
     plt.close(fig)
 
 

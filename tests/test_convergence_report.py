@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cmkd.errors import OutputFolderError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -84,3 +86,8 @@ def test_plot_refuses_unknown_roles(tmp_path):
     convergence.plot(out, tmp_path / "one.png", ["val 1-shot FG"], ["image_none"])
     assert (tmp_path / "one.png").read_bytes() == (tmp_path / "p.png").read_bytes()  # the other run left out
     assert (tmp_path / "both.png").read_bytes() != (tmp_path / "p.png").read_bytes()
+    (tmp_path / "elsewhere.txt").write_text("keep")
+    (tmp_path / "link.png").symlink_to(tmp_path / "elsewhere.txt")
+    with pytest.raises(OutputFolderError, match="link.png is a symbolic link"):  # never written through
+        convergence.plot(out, tmp_path / "link.png", ["val 1-shot FG"])
+    assert (tmp_path / "elsewhere.txt").read_text() == "keep"
