@@ -11,6 +11,8 @@ whose JSON exists is skipped; an interrupted one resumes from its run folder's l
         --budgets 1200 2400 4800 9600 19200 --seeds 0 1 2 --teacher-episodes 2400
     .venv/bin/python benchmarks/convergence.py report --out benchmarks/results/convergence.json \\
         --plot benchmarks/results/convergence.png
+    .venv/bin/python benchmarks/convergence.py compare text_srl_t9600_e4800 text_none_e4800 \\
+        --gap teacher_e9600    # any two cells, paired on their common seeds; the share of a teacher's lead
 
 A distilled student of seed ``s`` learns from the teacher cell of seed ``s`` at
 ``--teacher-episodes`` (trained first if missing). Students and teachers share the shipped
@@ -202,6 +204,46 @@ def _reference(role: str, budget: int, groups: dict) -> tuple[str, dict] | None:
     return None
 
 
+def compare(args: argparse.Namespace) -> None:
+    """``a - b`` for two cells named without their seed (``role_eBUDGET``), paired on the seeds both hold and
+    the same episodes; with ``gap``, the share of ``gap - b`` (a teacher's lead) that ``a - b`` closes."""
+    cells = _load(args.cells)
+    by_seed = {key: {int(n.rsplit("_s", 1)[1]): rec for n, rec in cells.items() if n.rsplit("_s", 1)[0] == key}
+               for key in (args.a, args.b, *([args.gap] if args.gap else []))}
+    if missing := [key for key, found in by_seed.items() if not found]:
+        raise SystemExit(f"no cells named {missing} in {args.cells} (give a cell's name without its _sN)")
+    seeds = sorted(set(by_seed[args.a]) & set(by_seed[args.b]))
+    if not seeds:
+        raise SystemExit(f"{args.a} and {args.b} share no training seed")
+    if args.gap and (lacking := sorted(set(seeds) - set(by_seed[args.gap]))):
+        raise SystemExit(f"--gap {args.gap} lacks seeds {lacking}: the lead is measured on the compared seeds")
+    print(f"{args.a} - {args.b}: seeds {seeds}; train s {_mean_seconds(by_seed[args.a], seeds):.0f} vs "
+          f"{_mean_seconds(by_seed[args.b], seeds):.0f}")
+    print("| setting | a - b | p | per seed |" + (" share of the gap |" if args.gap else ""))
+    print("|---|---|---|---|" + ("---|" if args.gap else ""))
+    rows = []
+    for label in SETTINGS:
+        a, b = (np.array([by_seed[k][s]["per_episode"][label] for s in seeds]) for k in (args.a, args.b))
+        d = paired_over_seeds(a, b)
+        row = {"setting": label, "mean": d.mean, "ci95": d.ci95, "p": d.p,
+               "per_seed": [float(x - y) for x, y in zip(a.mean(1), b.mean(1))]}
+        per_seed = " ".join(f"{100 * x:+.2f}" for x in row["per_seed"])
+        line = f"| {label} | {_fmt(d, signed=True)} | {d.p:.2g} | {per_seed} |"
+        if args.gap:
+            lead = np.mean([np.mean(by_seed[args.gap][s]["per_episode"][label]) for s in seeds]) - b.mean()
+            row["gap"] = float(lead)
+            line += f" {100 * d.mean / lead:.0f}% of {100 * lead:+.2f} |" if lead > 0 else " (no lead) |"
+        rows.append(row)
+        print(line)
+    if args.out:
+        write_atomic(args.out, json.dumps({"a": args.a, "b": args.b, "gap": args.gap, "seeds": seeds,
+                                           "rows": rows}, indent=1), sync=False)
+
+
+def _mean_seconds(by_seed: dict[int, dict], seeds: list[int]) -> float:
+    return float(np.mean([by_seed[s]["train_seconds"] for s in seeds]))
+
+
 def _same_student(a: dict, b: dict) -> bool:
     """Whether two cells' configs agree on every key apart from what names or distils them (a key one cell
     lacks was added to cmkd later, and ``upgrade`` gives it the default the older cell ran at)."""
@@ -276,8 +318,14 @@ def main() -> None:
     p.add_argument("--plot", type=Path)
     p.add_argument("--plot-setting", nargs="+", default=["val 1-shot FG", "novel 1-shot FG"])
     p.add_argument("--plot-roles", nargs="+", help="the runs to draw (default: all), e.g. image_none image_srl_t9600")
+    c = sub.add_parser("compare", help="a - b for two cells (named without _sN), paired on their common seeds")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--gap", help="a teacher cell (without _sN): print the share of its lead over b that a closes")
+    c.add_argument("--cells", type=Path, default=Path("benchmarks/results/convergence"))
+    c.add_argument("--out", type=Path)
     args = ap.parse_args()
-    run(args) if args.command == "run" else report(args)
+    {"run": run, "report": report, "compare": compare}[args.command](args)
 
 
 if __name__ == "__main__":

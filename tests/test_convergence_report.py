@@ -91,3 +91,28 @@ def test_plot_refuses_unknown_roles(tmp_path):
     with pytest.raises(OutputFolderError, match="link.png is a symbolic link"):  # never written through
         convergence.plot(out, tmp_path / "link.png", ["val 1-shot FG"])
     assert (tmp_path / "elsewhere.txt").read_text() == "keep"
+
+
+def test_compare_pairs_two_cells_on_their_common_seeds_and_measures_the_share_of_the_gap(tmp_path, capsys):
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for seed in (0, 1, 2):
+        _cell(cells, f"text_none_e100_s{seed}", 0.50, {})
+        _cell(cells, f"teacher_e50_s{seed}", 0.90, {})
+    for seed in (1, 2):  # a cell with fewer seeds: paired on seeds 1 and 2 only
+        _cell(cells, f"text_srl_t50_e100_s{seed}", 0.60 + 0.02 * seed, {})
+    args = argparse.Namespace(cells=cells, a="text_srl_t50_e100", b="text_none_e100", gap="teacher_e50",
+                              out=tmp_path / "cmp.json")
+    convergence.compare(args)
+    out = json.loads((tmp_path / "cmp.json").read_text())
+    assert out["seeds"] == [1, 2]
+    row = out["rows"][0]
+    assert row["per_seed"] == pytest.approx([0.12, 0.14])
+    assert row["mean"] == pytest.approx(0.13)
+    assert row["gap"] == pytest.approx(0.40)  # the teacher's lead over the student alone
+    assert "32% of +40.00" in capsys.readouterr().out  # 0.13 of 0.40
+    with pytest.raises(SystemExit, match="text_kd_t50_e100"):
+        convergence.compare(argparse.Namespace(**{**vars(args), "a": "text_kd_t50_e100"}))
+    _cell(cells, "teacher_e9_s0", 0.90, {})
+    with pytest.raises(SystemExit, match=r"lacks seeds \[1, 2\]"):
+        convergence.compare(argparse.Namespace(**{**vars(args), "gap": "teacher_e9"}))
