@@ -134,8 +134,21 @@ def run(args: argparse.Namespace) -> None:
                     grid.train(name, DISTILLED, {**flags, "distill.method": method}, budget, teacher)
 
 
-def _load(cells: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(cells.glob("*.json"))}
+def _grouped(cells: Path) -> dict[tuple[str, int], dict[int, dict]]:
+    """The cells under ``cells`` by (role, budget), then by seed: ``role_eBUDGET_sSEED.json``."""
+    groups: dict[tuple[str, int], dict[int, dict]] = {}
+    for path in sorted(cells.glob("*.json")):
+        name, seed = path.stem.rsplit("_s", 1)
+        groups.setdefault(_key(name), {})[int(seed)] = json.loads(path.read_text())
+    return groups
+
+
+def _key(name: str) -> tuple[str, int]:
+    """``role_eBUDGET`` (a cell's name without its seed) -> (role, budget)."""
+    role, _, budget = name.rpartition("_e")
+    if not role or not budget.isdigit():
+        raise SystemExit(f"{name!r} is not a cell name without its seed (role_eBUDGET, e.g. text_none_e4800)")
+    return role, int(budget)
 
 
 def _fmt(stat, signed: bool = False) -> str:
@@ -143,11 +156,7 @@ def _fmt(stat, signed: bool = False) -> str:
 
 
 def report(args: argparse.Namespace) -> None:
-    cells = _load(args.cells)
-    groups: dict[tuple[str, int], dict[int, dict]] = {}
-    for name, rec in cells.items():
-        role, budget, seed = name.rsplit("_e", 1)[0], *map(int, name.rsplit("_e", 1)[1].split("_s"))
-        groups.setdefault((role, budget), {})[seed] = rec
+    groups = _grouped(args.cells)
     out: dict = {"cells": args.cells.as_posix(), "settings": list(SETTINGS), "rows": []}
     print(f"| run | episodes | seeds | train s (mean) | {' | '.join(args.show)} |")
     print("|---|---|---|---|" + "---|" * len(args.show))
@@ -207,9 +216,8 @@ def _reference(role: str, budget: int, groups: dict) -> tuple[str, dict] | None:
 def compare(args: argparse.Namespace) -> None:
     """``a - b`` for two cells named without their seed (``role_eBUDGET``), paired on the seeds both hold and
     the same episodes; with ``gap``, the share of ``gap - b`` (a teacher's lead) that ``a - b`` closes."""
-    cells = _load(args.cells)
-    by_seed = {key: {int(n.rsplit("_s", 1)[1]): rec for n, rec in cells.items() if n.rsplit("_s", 1)[0] == key}
-               for key in (args.a, args.b, *([args.gap] if args.gap else []))}
+    groups = _grouped(args.cells)
+    by_seed = {key: groups.get(_key(key), {}) for key in (args.a, args.b, *([args.gap] if args.gap else []))}
     if missing := [key for key, found in by_seed.items() if not found]:
         raise SystemExit(f"no cells named {missing} in {args.cells} (give a cell's name without its _sN)")
     seeds = sorted(set(by_seed[args.a]) & set(by_seed[args.b]))

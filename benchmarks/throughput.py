@@ -214,24 +214,25 @@ DISTILL_VARIANTS = {
 }
 
 
-def bench_distill(ds: FewShotDataset, episodes: int, args) -> dict:
+def bench_distill(ds: FewShotDataset, episodes: int, args, modality: str = "image") -> dict:
     """A plain student step vs distillation steps (the default SRL with a cached teacher; distilling every 4th
-    step; the SRL on the student's training view; a live teacher), same episodes; steps rounded up to a
-    multiple of 4 so that ``every_4`` is timed over whole cycles."""
+    step; the SRL on the student's training view; a live teacher), same episodes, for a student of
+    ``modality``; steps rounded up to a multiple of 4 so that ``every_4`` is timed over whole cycles."""
     size = ds.image_shape[1]
     base = {"out": tempfile.mkdtemp(), "data.image_size": size, "train.val_episodes": 2, "train.val_query": 1,
             "episode.query": 15, "train.episodes_per_step": args.episodes_per_step,
             "train.precision": args.precision}
+    student = {**base, "model.modality": modality}
     teacher = Trainer(load_config(base={**base, "name": "t", "model.modality": "image+text"}), ds,
                       args.device).model.eval()
     out = {}
     steps = -(-max(1, episodes // args.episodes_per_step) // 4) * 4
     for name, (extra, taught) in DISTILL_VARIANTS.items():
-        tr = Trainer(load_config(base={**base, **extra, "name": name}), ds, args.device,
+        tr = Trainer(load_config(base={**student, **extra, "name": name}), ds, args.device,
                      teacher=teacher if taught else None)
         timed_steps(tr, 0, 4 * args.warmup)  # whole cycles: the timed steps start at a distillation step
         out[name] = timed_steps(tr, 4 * args.warmup, steps) / steps
-    return {"seconds_per_step": out, "steps": steps,
+    return {"student": modality, "seconds_per_step": out, "steps": steps,
             "over_plain": {name: sec / out["plain"] for name, sec in out.items() if name != "plain"}}
 
 
@@ -252,6 +253,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", metavar="BACKBONE-SIZE-SHOT", help="e.g. conv4-84-1 resnet12-84-1")
     ap.add_argument("--no-distill", action="store_true", help="skip the distillation-step measurement")
     ap.add_argument("--distill-only", action="store_true", help="only the distillation-step measurement")
+    ap.add_argument("--distill-modality", nargs="+", default=["image"], choices=["image", "text"],
+                    help="the students whose distillation step is timed (default: image)")
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers (default: all cores)")
@@ -276,8 +279,8 @@ def main() -> None:
                       f"{row['conventional_train_eps']:.2f} eps/s (x{row['train_ratio']:.2f}), data share "
                       f"{100 * row['data_share_of_cmkd_step']:.1f}%, eval {row['cmkd_eval_eps']:.1f} vs "
                       f"{row['conventional_eval_eps']:.1f} eps/s (x{row['eval_ratio']:.1f})", flush=True)
-    distill = None if args.no_distill else bench_distill(resized_subset(glyphs, args.classes, args.per_class, 32),
-                                                         args.episodes, args)
+    distill = [] if args.no_distill else [bench_distill(resized_subset(glyphs, args.classes, args.per_class, 32),
+                                                        args.episodes, args, m) for m in args.distill_modality]
     gpu = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else None
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                           "torch": torch.__version__, "threads": threads, "device": str(args.device), "gpu": gpu,
@@ -298,9 +301,10 @@ def main() -> None:
               f"{r['host_placement_train_eps']:.2f} | {r['conventional_train_eps']:.2f} | {r['train_ratio']:.2f} | "
               f"{100 * r['data_share_of_cmkd_step']:.1f}% | {mem} | {r['cmkd_eval_eps']:.1f} | "
               f"{r['conventional_eval_eps']:.1f} | {r['eval_ratio']:.1f} |")
-    if distill:
-        ratios = ", ".join(f"{name} {r:.2f}" for name, r in distill["over_plain"].items())
-        print(f"\ndistillation step / plain step (Conv-4 32px 1-shot, {distill['steps']} steps each): {ratios}")
+    for d in distill:
+        ratios = ", ".join(f"{name} {r:.2f}" for name, r in d["over_plain"].items())
+        print(f"\n{d['student']} student's distillation step / its plain step (Conv-4 32px 1-shot, {d['steps']} "
+              f"steps each): {ratios}")
     print(f"peak RSS {result['peak_rss_mb']:.0f} MB; {args.out}")
 
 

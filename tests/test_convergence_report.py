@@ -113,6 +113,8 @@ def test_compare_pairs_two_cells_on_their_common_seeds_and_measures_the_share_of
     assert "32% of +40.00" in capsys.readouterr().out  # 0.13 of 0.40
     with pytest.raises(SystemExit, match="text_kd_t50_e100"):
         convergence.compare(argparse.Namespace(**{**vars(args), "a": "text_kd_t50_e100"}))
+    with pytest.raises(SystemExit, match="role_eBUDGET"):  # a cell named without its budget
+        convergence.compare(argparse.Namespace(**{**vars(args), "a": "text_srl_t50"}))
     _cell(cells, "teacher_e9_s0", 0.90, {})
     with pytest.raises(SystemExit, match=r"lacks seeds \[1, 2\]"):
         convergence.compare(argparse.Namespace(**{**vars(args), "gap": "teacher_e9"}))
