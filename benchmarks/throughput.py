@@ -225,14 +225,15 @@ def bench_distill(ds: FewShotDataset, episodes: int, args, modality: str = "imag
     student = {**base, "model.modality": modality}
     teacher = Trainer(load_config(base={**base, "name": "t", "model.modality": "image+text"}), ds,
                       args.device).model.eval()
-    out = {}
+    out, sees = {}, set()
     steps = -(-max(1, episodes // args.episodes_per_step) // 4) * 4
     for name, (extra, taught) in DISTILL_VARIANTS.items():
         tr = Trainer(load_config(base={**student, **extra, "name": name}), ds, args.device,
                      teacher=teacher if taught else None)
+        sees.add(tr.model.cfg.modality)  # what the timed student took in, read back from its model
         timed_steps(tr, 0, 4 * args.warmup)  # whole cycles: the timed steps start at a distillation step
         out[name] = timed_steps(tr, 4 * args.warmup, steps) / steps
-    return {"student": modality, "seconds_per_step": out, "steps": steps,
+    return {"student": "+".join(sorted(sees)), "seconds_per_step": out, "steps": steps,
             "over_plain": {name: sec / out["plain"] for name, sec in out.items() if name != "plain"}}
 
 
@@ -279,8 +280,10 @@ def main() -> None:
                       f"{row['conventional_train_eps']:.2f} eps/s (x{row['train_ratio']:.2f}), data share "
                       f"{100 * row['data_share_of_cmkd_step']:.1f}%, eval {row['cmkd_eval_eps']:.1f} vs "
                       f"{row['conventional_eval_eps']:.1f} eps/s (x{row['eval_ratio']:.1f})", flush=True)
-    distill = [] if args.no_distill else [bench_distill(resized_subset(glyphs, args.classes, args.per_class, 32),
-                                                        args.episodes, args, m) for m in args.distill_modality]
+    distill = []
+    if not args.no_distill:  # one dataset for every student timed
+        small = resized_subset(glyphs, args.classes, args.per_class, 32)
+        distill = [bench_distill(small, args.episodes, args, m) for m in args.distill_modality]
     gpu = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else None
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                           "torch": torch.__version__, "threads": threads, "device": str(args.device), "gpu": gpu,
