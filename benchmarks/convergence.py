@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from cmkd.config import flatten, load_config, upgrade
@@ -37,7 +38,7 @@ from cmkd.data.registry import load_dataset
 from cmkd.eval.evaluate import episode_list, evaluate_lists
 from cmkd.eval.stats import over_seeds, paired_over_seeds
 from cmkd.files import write_atomic
-from cmkd.runtime import configure_cpu
+from cmkd.runtime import configure_cpu, provenance
 from cmkd.train.loop import Trainer
 
 TEACHER, STUDENT, DISTILLED = "glyphs_teacher", "glyphs_student", "glyphs_distill"
@@ -89,7 +90,24 @@ class Grid:
         trainer.load_best()
         if not self.done(name):
             self._score(name, trainer, cfg, seconds, resumed=resume)
+        else:  # a teacher retrained for new students (its run folder was gone)
+            self._check_retrained(name, trainer)
         return trainer
+
+    def _check_retrained(self, name: str, trainer: Trainer) -> None:
+        """Warn when a retrained cell's validation history is not its stored cell's: the same config and seed
+        give other weights on a CPU or GPU whose kernels round differently, so new students learn from a
+        teacher close to, but not bit-identical with, the one the stored students learnt from."""
+        stored = json.loads((self.cells / f"{name}.json").read_text())
+        then = [(h["step"], h["val_acc"]) for h in stored["history"] if "val_acc" in h]
+        now = [(h["step"], h["val_acc"]) for h in trainer.history if "val_acc" in h]
+        if then != now:
+            step, a, b = next(((s, x, y) for (s, x), (_, y) in zip(then, now) if x != y), (None, None, None))
+            host = stored.get("provenance", {}).get("device", "an earlier host")
+            print(f"warning: retrained {name} differs from its stored cell ({host})"
+                  + (f" from step {step} (val {100 * a:.2f} stored, {100 * b:.2f} now)" if step else "")
+                  + f"; this host ({provenance()['device']}, {torch.backends.cpu.get_cpu_capability()}) rounds "
+                  "differently, and new students learn from the retrained teacher", flush=True)
 
     def _score(self, name: str, trainer: Trainer, cfg, seconds: float, resumed: bool) -> None:
         labels = list(self.lists)
@@ -97,6 +115,7 @@ class Grid:
                               [(SETTINGS[k][2].way, SETTINGS[k][2].shot) for k in labels])
         record = {"cell": name, "config": cfg.to_dict(), "train_seconds": round(seconds, 1), "resumed": resumed,
                   "best_val_acc": trainer.best_acc, "history": trainer.history,
+                  "provenance": {**provenance(), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
                   "eval_episodes": self.eval_episodes, "query": 15,
                   "accuracy": {k: float(a.mean()) for k, a in zip(labels, accs)},
                   "per_episode": {k: np.round(a, 4).tolist() for k, a in zip(labels, accs)}}

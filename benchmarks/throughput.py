@@ -38,6 +38,7 @@ from cmkd.data.dataset import FewShotDataset
 from cmkd.data.episodes import EpisodeSampler, episode_labels
 from cmkd.data.formats.glyphs import load_glyphs
 from cmkd.eval.evaluate import evaluate_episodes
+from cmkd.files import write_atomic
 from cmkd.runtime import autocast, configure_cpu, pick_device
 from cmkd.train.forward import EpisodeForward
 from cmkd.train.loop import Trainer
@@ -211,6 +212,7 @@ DISTILL_VARIANTS = {
     "distill_cached_every_4": ({"distill.every": 4}, True),
     "distill_cached_same_view": ({"distill.srl.student_inputs": "same"}, True),
     "distill_live_teacher": ({"distill.teacher_inputs": "same"}, True),
+    "distill_live_same_view": ({"distill.teacher_inputs": "same", "distill.srl.student_inputs": "same"}, True),
 }
 
 
@@ -293,7 +295,7 @@ def main() -> None:
               "settings": rows, "distillation_step": distill,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_atomic(args.out, json.dumps(result, indent=1), sync=False)  # whole or not at all, never through a link
     print("\n| backbone | size | shot | eps/step | precision | cmkd train eps/s | host placement | conventional "
           "| ratio | data share | peak device MB | cmkd eval eps/s | conventional | ratio |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

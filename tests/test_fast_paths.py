@@ -13,7 +13,7 @@ from cmkd.data.device import DeviceData, choose_placement
 from cmkd.data.episodes import EpisodeSetting
 from cmkd.errors import ConfigError
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
-from cmkd.runtime import resolve_precision
+from cmkd.runtime import forked_rng, resolve_precision
 from cmkd.train.loop import Trainer
 
 
@@ -110,3 +110,19 @@ def test_host_placement_evaluates_like_device_placement(small, memmapped, fast_c
     on_host.prefetch(idx + 1)
     assert torch.equal(on_host.gather(idx), small.images[idx]), "a prefetch of other rows is not used"
     assert torch.equal(on_host.gather(idx + 1), small.images[idx + 1]) and on_host.host.hits == 1
+
+
+def test_forked_rng_draws_the_manual_seed_stream_and_restores_the_callers():
+    """The per-step seeding skips torch.manual_seed's cost but must give the very stream it gives (a run seeded
+    before the change stays bit-identical) and leave the caller's stream where it was."""
+    torch.manual_seed(123)
+    expected = torch.rand(5), torch.randn(3), torch.randint(0, 100, (4,))
+    torch.manual_seed(9)
+    caller = torch.get_rng_state()
+    with forked_rng(torch.device("cpu"), 123):
+        drawn = torch.rand(5), torch.randn(3), torch.randint(0, 100, (4,))
+    assert all(torch.equal(a, b) for a, b in zip(drawn, expected))
+    assert torch.equal(torch.get_rng_state(), caller)
+    with pytest.raises(ValueError, match="seed or a state"):
+        with forked_rng(torch.device("cpu")):
+            pass

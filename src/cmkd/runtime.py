@@ -154,9 +154,23 @@ def forked_rng(device: torch.device, seed: int | None = None, state: RNGState | 
             torch.set_rng_state(state[0])
             if state[1] is not None:
                 torch.cuda.set_rng_state(state[1], device)
+        elif seed is not None:
+            seed_device(device, seed)
         else:
-            torch.manual_seed(seed)
+            raise ValueError("forked_rng needs a seed or a state")
         yield
+
+
+def seed_device(device: torch.device, seed: int) -> None:
+    """The CPU generator and ``device``'s seeded with ``seed``: the streams ``torch.manual_seed`` gives, without
+    its cost per call (85–350 µs measured on 2-core CPUs, as much as 5% of a text student's step: it records a
+    stack trace for every lazily initialised accelerator) and without touching other devices' generators."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    elif device.type != "cpu":
+        torch.manual_seed(seed)
 
 
 RNGState = tuple[torch.Tensor, torch.Tensor | None]
