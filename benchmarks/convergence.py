@@ -305,7 +305,8 @@ def plot(out: dict, path: Path, settings: list[str], roles: list[str] | None = N
             ax.errorbar(x, y, yerr=ci, marker="o", ms=4, capsize=3, label=f"{role} ({_seed_counts(rows)})")
         ax.set_xscale("log", base=2)
         budgets = sorted({r["episodes"] for r in out["rows"] if r["run"] in roles})
-        ax.set_xticks(budgets, [f"{b:,}" for b in budgets], rotation=30 if len(budgets) > 7 else 0)  # long grids: no overlap
+        # long grids (past 7 budgets): slanted labels, so that 153,600 and 307,200 do not overlap
+        ax.set_xticks(budgets, [f"{b:,}" for b in budgets], rotation=30 if len(budgets) > 7 else 0)
         ax.minorticks_off()
         ax.set_xlabel("training episodes")
         ax.set_ylabel("accuracy (%)")
