@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from cmkd.config import flatten, load_config, upgrade
@@ -103,10 +102,10 @@ class Grid:
         now = [(h["step"], h["val_acc"]) for h in trainer.history if "val_acc" in h]
         if then != now:
             step, a, b = next(((s, x, y) for (s, x), (_, y) in zip(then, now) if x != y), (None, None, None))
-            host = stored.get("provenance", {}).get("device", "an earlier host")
+            host, here = stored.get("provenance", {}).get("device", "an earlier host"), provenance()
             print(f"warning: retrained {name} differs from its stored cell ({host})"
                   + (f" from step {step} (val {100 * a:.2f} stored, {100 * b:.2f} now)" if step else "")
-                  + f"; this host ({provenance()['device']}, {torch.backends.cpu.get_cpu_capability()}) rounds "
+                  + f"; this host ({here['device']}, {here['cpu_capability']}) rounds "
                   "differently, and new students learn from the retrained teacher", flush=True)
 
     def _score(self, name: str, trainer: Trainer, cfg, seconds: float, resumed: bool) -> None:
@@ -115,7 +114,7 @@ class Grid:
                               [(SETTINGS[k][2].way, SETTINGS[k][2].shot) for k in labels])
         record = {"cell": name, "config": cfg.to_dict(), "train_seconds": round(seconds, 1), "resumed": resumed,
                   "best_val_acc": trainer.best_acc, "history": trainer.history,
-                  "provenance": {**provenance(), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+                  "provenance": provenance(),
                   "eval_episodes": self.eval_episodes, "query": 15,
                   "accuracy": {k: float(a.mean()) for k, a in zip(labels, accs)},
                   "per_episode": {k: np.round(a, 4).tolist() for k, a in zip(labels, accs)}}

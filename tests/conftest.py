@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -15,6 +17,15 @@ from cmkd.data.formats.glyphs import load_glyphs
 
 torch.set_num_threads(2)
 sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))  # the maintainer tools (glyph and kanji builders)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def subset(ds: FewShotDataset, per_split: dict[str, int], per_class: int | None = None) -> FewShotDataset:

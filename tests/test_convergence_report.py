@@ -4,7 +4,6 @@ seed counts. The pairing decides every headline difference, so it is tested on h
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,18 +11,9 @@ import numpy as np
 import pytest
 
 from cmkd.errors import OutputFolderError
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("convergence", ROOT / "benchmarks" / "convergence.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convergence = _module()
+convergence = load_benchmark("convergence")
 
 
 def _cell(cells: Path, name: str, acc: float, config: dict) -> None:

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 @pytest.mark.parametrize("modality", ["image", "text"])
 def test_distill_timing_trains_the_student_of_the_modality_asked(glyphs, modality):
-    throughput = _module()
+    throughput = load_benchmark("throughput")
     data = throughput.resized_subset(glyphs, 12, 16, 32)  # 1 shot + 15 queries per class
     args = argparse.Namespace(episodes_per_step=1, precision="fp32", device=torch.device("cpu"), warmup=0)
     result = throughput.bench_distill(data, 4, args, modality)

@@ -128,12 +128,14 @@ def _provenance(device: str) -> tuple[tuple[str, str | None], ...]:
     from cmkd.version import __version__
 
     return (("cmkd", __version__), ("git_commit", source_commit()), ("torch", torch.__version__),
-            ("python", platform.python_version()), ("device", device_name(device)))
+            ("python", platform.python_version()), ("device", device_name(device)),
+            ("cpu_capability", torch.backends.cpu.get_cpu_capability()))
 
 
 def provenance(device: torch.device | str = "cpu") -> dict[str, str | None]:
     """What produced a result: cmkd's version (and commit when run from a cmkd checkout), the torch
-    build, Python and the device. Per-episode accuracies are bit-identical only when all of these match."""
+    build, Python, the device and the CPU's vector kernels (``AVX2``, ``AVX512``, ...: two CPUs of one model
+    name can round differently). Per-episode accuracies are bit-identical only when all of these match."""
     return dict(_provenance(str(torch.device(device))))
 
 
