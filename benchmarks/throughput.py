@@ -117,7 +117,7 @@ def timed_steps(trainer: Trainer, first: int, steps: int) -> float:
 def bench_setting(ds: FewShotDataset, files: list[Path], backbone: str, shot: int, episodes: int, args) -> dict:
     size, device = ds.image_shape[1], args.device
     per_step, warm = args.episodes_per_step, args.warmup
-    base = {"out": tempfile.mkdtemp(), "name": "bench", "model.backbone": backbone, "data.image_size": size,
+    base = {"out": args.scratch, "name": "bench", "model.backbone": backbone, "data.image_size": size,
             "episode.shot": shot, "episode.query": 15, "train.val_episodes": 2, "train.val_query": 1,
             "train.episodes_per_step": per_step, "train.precision": args.precision, "train.compile": args.compile}
     cfg = load_config(base={**base, "data.placement": "device"})
@@ -213,15 +213,17 @@ DISTILL_VARIANTS = {
     "distill_cached_same_view": ({"distill.srl.student_inputs": "same"}, True),
     "distill_live_teacher": ({"distill.teacher_inputs": "same"}, True),
     "distill_live_same_view": ({"distill.teacher_inputs": "same", "distill.srl.student_inputs": "same"}, True),
+    "plain_unaugmented": ({"data.augment": False}, False),
+    "distill_unaugmented": ({"data.augment": False}, True),  # an image student's clean view is its training view
 }
 
 
 def bench_distill(ds: FewShotDataset, episodes: int, args, modality: str = "image") -> dict:
     """A plain student step vs distillation steps (the default SRL with a cached teacher; distilling every 4th
-    step; the SRL on the student's training view; a live teacher), same episodes, for a student of
+    step; the SRL on the student's training view; a live teacher; no augmentation), same episodes, for a student of
     ``modality``; steps rounded up to a multiple of 4 so that ``every_4`` is timed over whole cycles."""
     size = ds.image_shape[1]
-    base = {"out": tempfile.mkdtemp(), "data.image_size": size, "train.val_episodes": 2, "train.val_query": 1,
+    base = {"out": args.scratch, "data.image_size": size, "train.val_episodes": 2, "train.val_query": 1,
             "episode.query": 15, "train.episodes_per_step": args.episodes_per_step,
             "train.precision": args.precision}
     student = {**base, "model.modality": modality}
@@ -263,6 +265,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers (default: all cores)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/throughput_cpu.json"))
     args = ap.parse_args()
+    scratch = tempfile.TemporaryDirectory(prefix="cmkd-throughput-")  # removed at exit
+    args.scratch = scratch.name  # the benchmark's run folders (nothing is kept)
     threads = configure_cpu()
     glyphs = load_glyphs(32)
     chosen = [s for s in SETTINGS if (not args.only or f"{s[0]}-{s[1]}-{s[2]}" in args.only) and not args.distill_only]

@@ -174,6 +174,32 @@ def test_distilling_every_third_step_triples_the_weight_and_leaves_the_other_ste
     assert any("srl_rel" in r for r in logged if r["kind"] == "train")
 
 
+def test_an_unaugmented_image_student_takes_the_srls_clean_view_from_its_training_forward(small, fast_cfg):
+    """With ``data.augment=false`` an image student's training inputs are the teacher's clean inputs: one forward
+    serves the head's loss and the SRL, with the terms and gradients of the second forward it replaces."""
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
+    cfg = fast_cfg(**{"name": "s", "data.augment": False})
+    one, two = Trainer(cfg, small, teacher=teacher), Trainer(cfg, small, teacher=teacher)
+    two.distiller.trains_on_clean = lambda model: False  # type: ignore[method-assign]  # the two-forward path
+    calls: dict[str, int] = {"one": 0, "two": 0}
+    for name, trainer in (("one", one), ("two", two)):
+        def counted(*args, _forward=trainer.forward, _name=name, **kwargs):
+            calls[_name] += 1
+            return _forward(*args, **kwargs)
+        trainer.forward = counted
+    logs_one, logs_two = one.train_step(0), two.train_step(0)
+    assert calls == {"one": 1, "two": 2}
+    assert set(logs_one) == set(logs_two) and all(torch.allclose(logs_one[k], logs_two[k]) for k in logs_one)
+    g_one, g_two = (torch.cat([p.grad.flatten() for p in t.model.parameters() if p.grad is not None])
+                    for t in (one, two))
+    assert g_one.shape == g_two.shape  # one graph or two: the same gradient up to float32 summation order
+    assert (g_one - g_two).norm() < 1e-3 * g_two.norm()
+    # an augmented image student, and a text student (one sampled caption vs all of them), keep the second forward
+    augmented = Trainer(fast_cfg(**{"name": "a"}), small, teacher=teacher)
+    text = Trainer(fast_cfg(**{"name": "x", "model.modality": "text", "data.augment": False}), small, teacher=teacher)
+    assert not augmented.distiller.trains_on_clean(augmented.model) and not text.distiller.trains_on_clean(text.model)
+
+
 def test_init_encoder_starts_the_student_from_the_teachers_branch_of_its_modality(small, fast_cfg):
     teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
     with torch.no_grad():

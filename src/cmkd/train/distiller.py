@@ -68,11 +68,17 @@ class Distiller:
         """The teacher when it embeds each step's own inputs (no cache)."""
         return None if self.clean else self.teacher
 
+    def trains_on_clean(self, model: FewShotModel) -> bool:
+        """Whether the student's training forward already sees the clean view (an image-only student with
+        ``data.augment=false``), so the SRL's student side reuses it instead of a second forward."""
+        return model.uses_image and not model.uses_text and not self.cfg.data.augment
+
     def terms(self, forward: nn.Module, model: FewShotModel, episodes: np.ndarray, flat: torch.Tensor,
               images: torch.Tensor | None, caption_ids: torch.Tensor | None, emb: torch.Tensor,
               scores: torch.Tensor) -> dict[str, torch.Tensor]:
         """The method's terms for this step's episodes; ``emb``/``scores`` are the student's training view,
-        replaced by an extra forward on the teacher's clean inputs when the method asks for them."""
+        replaced by an extra forward on the teacher's clean inputs when the method asks for them and the training
+        view is not already clean."""
         e = self.cfg.episode
         n_ep, n = episodes.shape
         with torch.no_grad():
@@ -83,7 +89,8 @@ class Distiller:
                     t_emb = inputs.embed(self.data, self.teacher, flat, images, caption_ids)
                 t_emb = t_emb.float().view(n_ep, n, -1)
             t_scores = self.teacher.scores(t_emb, e.way, e.shot)
-        if self.method.student_view == "clean":  # the student's relations on the inputs the teacher saw
+        if self.method.student_view == "clean" and not self.trains_on_clean(model):
+            # the student's relations on the inputs the teacher saw: a second forward
             c_images = self.data.images_for(episodes.reshape(-1)) if model.uses_image else None
             c_text, c_mask = inputs.text_inputs(self.data, model, flat, all_captions=True)
             emb, scores, _ = forward(c_images, c_text, n_ep, c_mask)
