@@ -215,13 +215,15 @@ DISTILL_VARIANTS = {
     "distill_live_same_view": ({"distill.teacher_inputs": "same", "distill.srl.student_inputs": "same"}, True),
     "plain_unaugmented": ({"data.augment": False}, False),
     "distill_unaugmented": ({"data.augment": False}, True),  # an image student's clean view is its training view
+    "distill_queries_3": ({"distill.srl.queries": 3}, True),  # the clean view of the supports and 3 queries a class
 }
 
 
 def bench_distill(ds: FewShotDataset, episodes: int, args, modality: str = "image") -> dict:
     """A plain student step vs distillation steps (the default SRL with a cached teacher; distilling every 4th
-    step; the SRL on the student's training view; a live teacher; no augmentation), same episodes, for a student of
-    ``modality``; steps rounded up to a multiple of 4 so that ``every_4`` is timed over whole cycles."""
+    step; the SRL on the student's training view; a live teacher; no augmentation; 3 related queries per class), same
+    episodes, for a student of ``modality``; steps rounded up to a multiple of 4 so that ``every_4`` is timed over
+    whole cycles."""
     size = ds.image_shape[1]
     base = {"out": args.scratch, "data.image_size": size, "train.val_episodes": 2, "train.val_query": 1,
             "episode.query": 15, "train.episodes_per_step": args.episodes_per_step,

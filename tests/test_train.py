@@ -200,6 +200,47 @@ def test_an_unaugmented_image_student_takes_the_srls_clean_view_from_its_trainin
     assert not augmented.distiller.trains_on_clean(augmented.model) and not text.distiller.trains_on_clean(text.model)
 
 
+def test_an_srl_relating_fewer_queries_sees_the_sub_episode_of_each_classs_first_queries(small, fast_cfg):
+    """``distill.srl.queries=2`` relates the supports and each class's first two queries: the terms of episodes
+    drawn with two queries, from a second forward over those samples only (on the clean view)."""
+    assert distiller.related_columns(5, 1, 5, 2).tolist() == [0, 1, 2, 3, 4, 5, 6, 10, 11, 15, 16, 20, 21, 25, 26]
+    assert distiller.related_columns(5, 1, 5, 5) is None and distiller.related_columns(5, 1, 5, 0) is None
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
+    cols = distiller.related_columns(5, 1, 5, 2)
+    for view in ("clean", "same"):
+        fewer = Trainer(fast_cfg(**{"name": "f", "distill.srl.queries": 2, "distill.srl.student_inputs": view}),
+                        small, teacher=teacher)
+        short = Trainer(fast_cfg(**{"name": "s", "episode.query": 2, "distill.srl.student_inputs": view}), small,
+                        teacher=teacher)
+        short.model.load_state_dict(fewer.model.state_dict())
+        episodes = fewer.schedule.indices(0)
+        n_ep = episodes.shape[0]
+        flat = fewer.data.upload(episodes.reshape(-1))
+        batches: list[int] = []
+
+        def counted(images, *args, _forward=fewer.forward, _batches=batches, **kwargs):
+            _batches.append(images.shape[0])
+            return _forward(images, *args, **kwargs)
+        with torch.no_grad():
+            emb = fewer.model.embed(fewer.data.images_for(episodes.reshape(-1))).view(n_ep, 30, -1)
+        fewer.forward = counted
+        torch.manual_seed(0)
+        got = fewer.distiller.terms(fewer.forward, fewer.model, episodes, flat, None, None, emb,
+                                    fewer.model.scores(emb, 5, 1))
+        assert batches == ([n_ep * 15] if view == "clean" else [])  # 5 supports and 2 queries of each class
+        sub = emb[:, torch.as_tensor(cols)]
+        torch.manual_seed(0)
+        want = short.distiller.terms(short.forward, short.model, episodes[:, cols], flat.view(n_ep, -1)[:, cols]
+                                     .flatten(), None, None, sub, short.model.scores(sub, 5, 1))
+        assert set(got) == set(want) and all(torch.allclose(got[k], want[k], atol=1e-6) for k in got), view
+    logs = fewer.train_step(0)
+    assert all(torch.isfinite(v) for v in logs.values())
+    kd = Trainer(fast_cfg(**{"name": "k", "distill.method": "kd"}), small, teacher=teacher)
+    assert kd.distiller.columns is None  # KD relates the whole episode
+    with pytest.raises(ConfigError, match=r"'distill.srl.queries' \(6\) is more than episode.query \(5\)"):
+        fast_cfg(**{"distill.srl.queries": 6})
+
+
 def test_init_encoder_starts_the_student_from_the_teachers_branch_of_its_modality(small, fast_cfg):
     teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
     with torch.no_grad():

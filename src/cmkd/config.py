@@ -168,6 +168,9 @@ class SRLConfig:
     student_inputs: str = setting("clean", "the student's side of the SRL from an extra forward on the teacher's "
                                   "'clean' inputs, or from its training forward ('same': augmented, one caption)",
                                   choices=("clean", "same"))
+    queries: int = setting(0, "queries per class the SRL relates to the supports (the first of each class's "
+                           "randomly drawn queries; 0: all of the episode's); fewer make its clean view's second "
+                           "forward cheaper", low=0, high=10**6)
 
 
 @dataclass
@@ -584,6 +587,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.episodes_per_step > cfg.train.episodes:
         raise ConfigError(f"config field 'train.episodes_per_step' ({cfg.train.episodes_per_step}) is more than "
                           f"train.episodes ({cfg.train.episodes}); batch at most the episodes the run trains")
+    if cfg.distill.srl.queries > cfg.episode.query:
+        raise ConfigError(f"config field 'distill.srl.queries' ({cfg.distill.srl.queries}) is more than "
+                          f"episode.query ({cfg.episode.query}); relate at most the episode's queries (0: all)")
 
 
 def _check_value(key: Key, value: Any) -> None:

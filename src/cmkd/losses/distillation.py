@@ -25,6 +25,7 @@ from cmkd.losses.srl import angle_structure, distance_structure, relation_kl, sr
 class Method(Protocol):
     terms: tuple[Term, ...]
     student_view: str  # 'clean' (the teacher's inputs) or 'same' (the student's training inputs)
+    queries: int  # queries per class it relates (the first of each class); 0: all of the episode's
 
     def __call__(self, student_scores: torch.Tensor, teacher_scores: torch.Tensor, student_emb: torch.Tensor,
                  teacher_emb: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]: ...
@@ -36,7 +37,7 @@ def student_alone(cfg: DistillConfig) -> None:
 
 class HintonKD:
     def __init__(self, cfg: DistillConfig) -> None:
-        self.cfg, self.terms, self.student_view = cfg.kd, (Term("kd", 1.0),), "same"
+        self.cfg, self.terms, self.student_view, self.queries = cfg.kd, (Term("kd", 1.0),), "same", 0
 
     def __call__(self, student_scores: torch.Tensor, teacher_scores: torch.Tensor, student_emb: torch.Tensor,
                  teacher_emb: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -45,7 +46,7 @@ class HintonKD:
 
 class RelationalKD:
     def __init__(self, cfg: DistillConfig) -> None:
-        self.cfg, self.student_view = cfg.rkd, "same"
+        self.cfg, self.student_view, self.queries = cfg.rkd, "same", 0
         self.terms = tuple(Term(n, w) for n, w in (("rkd_dist", cfg.rkd.dist), ("rkd_angle", cfg.rkd.angle)) if w)
 
     def __call__(self, student_scores: torch.Tensor, teacher_scores: torch.Tensor, student_emb: torch.Tensor,
@@ -61,6 +62,7 @@ class RelationalKD:
 class SpatialRelation:
     def __init__(self, cfg: DistillConfig) -> None:
         self.cfg, self.terms, self.student_view = cfg.srl, srl_weights(cfg.srl), cfg.srl.student_inputs
+        self.queries = cfg.srl.queries
 
     def __call__(self, student_scores: torch.Tensor, teacher_scores: torch.Tensor, student_emb: torch.Tensor,
                  teacher_emb: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -53,6 +53,7 @@ class Distiller:
         self.precision = resolve_precision(cfg.train.precision, data.device)
         self.clean = cfg.distill.teacher_inputs == "clean"
         self._cache = cache if self.clean else None
+        self.columns = related_columns(cfg.episode.way, cfg.episode.shot, cfg.episode.query, method.queries)
 
     @property
     def cache(self) -> Embedded | None:
@@ -78,9 +79,21 @@ class Distiller:
               scores: torch.Tensor) -> dict[str, torch.Tensor]:
         """The method's terms for this step's episodes; ``emb``/``scores`` are the student's training view,
         replaced by an extra forward on the teacher's clean inputs when the method asks for them and the training
-        view is not already clean."""
+        view is not already clean. A method relating fewer queries (``distill.srl.queries``) sees the sub-episode of
+        the supports and each class's first queries, on both sides, so its second forward is cheaper."""
         e = self.cfg.episode
-        n_ep, n = episodes.shape
+        n_ep, query = episodes.shape[0], e.query
+        second = self.method.student_view == "clean" and not self.trains_on_clean(model)
+        if self.columns is not None:  # the sub-episode of the supports and each class's first queries
+            cols, query = torch.as_tensor(self.columns, device=flat.device), self.method.queries
+            flat = take_columns(flat, n_ep, cols)
+            images = None if images is None else take_columns(images, n_ep, cols)
+            caption_ids = None if caption_ids is None else take_columns(caption_ids, n_ep, cols)
+            episodes = episodes[:, self.columns]
+            if not second:
+                emb = emb[:, cols]
+                scores = model.scores(emb, e.way, e.shot)
+        n = episodes.shape[1]
         with torch.no_grad():
             if self.cache is not None:  # the clean view
                 t_emb = self.cache.rows(episodes)
@@ -89,10 +102,24 @@ class Distiller:
                     t_emb = inputs.embed(self.data, self.teacher, flat, images, caption_ids)
                 t_emb = t_emb.float().view(n_ep, n, -1)
             t_scores = self.teacher.scores(t_emb, e.way, e.shot)
-        if self.method.student_view == "clean" and not self.trains_on_clean(model):
-            # the student's relations on the inputs the teacher saw: a second forward
+        if second:  # the student's relations on the inputs the teacher saw: a second forward
             c_images = self.data.images_for(episodes.reshape(-1)) if model.uses_image else None
             c_text, c_mask = inputs.text_inputs(self.data, model, flat, all_captions=True)
             emb, scores, _ = forward(c_images, c_text, n_ep, c_mask)
-        truth = episode_labels(e.way, e.query, self.data.device).expand(n_ep, -1)
+        truth = episode_labels(e.way, query, self.data.device).expand(n_ep, -1)
         return self.method(scores, t_scores, emb, t_emb, truth)
+
+
+def related_columns(way: int, shot: int, query: int, kept: int) -> np.ndarray | None:
+    """Episode columns of the supports and of each class's first ``kept`` queries (episodes are support-first,
+    class-major, their queries drawn at random); None when all ``query`` are kept (``kept`` 0 or ``query``)."""
+    if kept in (0, query):
+        return None
+    support = way * shot
+    queries = support + np.repeat(np.arange(way), kept) * query + np.tile(np.arange(kept), way)
+    return np.concatenate([np.arange(support), queries])
+
+
+def take_columns(x: torch.Tensor, n_ep: int, cols: torch.Tensor) -> torch.Tensor:
+    """The rows of ``cols`` in each episode of per-sample ``x`` (``[n_ep * n, ...]``, episode-major)."""
+    return x.view(n_ep, -1, *x.shape[1:])[:, cols].flatten(0, 1)
