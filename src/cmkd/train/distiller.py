@@ -53,7 +53,9 @@ class Distiller:
         self.precision = resolve_precision(cfg.train.precision, data.device)
         self.clean = cfg.distill.teacher_inputs == "clean"
         self._cache = cache if self.clean else None
-        self.columns = related_columns(cfg.episode.way, cfg.episode.shot, cfg.episode.query, method.queries)
+        kept = related_columns(cfg.episode.way, cfg.episode.shot, cfg.episode.query, method.queries)
+        # the sub-episode's columns, for the host's episode table and on the device (no copy per step); None: all
+        self.columns = None if kept is None else (kept, torch.as_tensor(kept, device=data.device))
 
     @property
     def cache(self) -> Embedded | None:
@@ -85,11 +87,11 @@ class Distiller:
         n_ep, query = episodes.shape[0], e.query
         second = self.method.student_view == "clean" and not self.trains_on_clean(model)
         if self.columns is not None:  # the sub-episode of the supports and each class's first queries
-            cols, query = torch.as_tensor(self.columns, device=flat.device), self.method.queries
+            (host_cols, cols), query = self.columns, self.method.queries
             flat = take_columns(flat, n_ep, cols)
             images = None if images is None else take_columns(images, n_ep, cols)
             caption_ids = None if caption_ids is None else take_columns(caption_ids, n_ep, cols)
-            episodes = episodes[:, self.columns]
+            episodes = episodes[:, host_cols]
             if not second:
                 emb = emb[:, cols]
                 scores = model.scores(emb, e.way, e.shot)
