@@ -216,17 +216,18 @@ DISTILL_VARIANTS = {
     "plain_unaugmented": ({"data.augment": False}, False),
     "distill_unaugmented": ({"data.augment": False}, True),  # an image student's clean view is its training view
     "distill_queries_3": ({"distill.srl.queries": 3}, True),  # the clean view of the supports and 3 queries a class
+    "distill_queries_1": ({"distill.srl.queries": 1}, True),  # ... and 1 query a class
 }
 
 
 def bench_distill(ds: FewShotDataset, episodes: int, args, modality: str = "image") -> dict:
     """A plain student step vs distillation steps (the default SRL with a cached teacher; distilling every 4th
-    step; the SRL on the student's training view; a live teacher; no augmentation; 3 related queries per class), same
-    episodes, for a student of ``modality``; steps rounded up to a multiple of 4 so that ``every_4`` is timed over
-    whole cycles."""
+    step; the SRL on the student's training view; a live teacher; no augmentation; 3 or 1 related queries per class),
+    same episodes of ``args.distill_query`` queries a class, for a student of ``modality``; steps rounded up to a
+    multiple of 4 so that ``every_4`` is timed over whole cycles."""
     size = ds.image_shape[1]
     base = {"out": args.scratch, "data.image_size": size, "train.val_episodes": 2, "train.val_query": 1,
-            "episode.query": 15, "train.episodes_per_step": args.episodes_per_step,
+            "episode.query": args.distill_query, "train.episodes_per_step": args.episodes_per_step,
             "train.precision": args.precision}
     student = {**base, "model.modality": modality}
     teacher = Trainer(load_config(base={**base, "name": "t", "model.modality": "image+text"}), ds,
@@ -239,7 +240,7 @@ def bench_distill(ds: FewShotDataset, episodes: int, args, modality: str = "imag
         sees.add(tr.model.cfg.modality)  # what the timed student took in, read back from its model
         timed_steps(tr, 0, 4 * args.warmup)  # whole cycles: the timed steps start at a distillation step
         out[name] = timed_steps(tr, 4 * args.warmup, steps) / steps
-    return {"student": "+".join(sorted(sees)), "seconds_per_step": out, "steps": steps,
+    return {"student": "+".join(sorted(sees)), "query": args.distill_query, "seconds_per_step": out, "steps": steps,
             "over_plain": {name: sec / out["plain"] for name, sec in out.items() if name != "plain"}}
 
 
@@ -262,6 +263,8 @@ def main() -> None:
     ap.add_argument("--distill-only", action="store_true", help="only the distillation-step measurement")
     ap.add_argument("--distill-modality", nargs="+", default=["image"], choices=["image", "text"],
                     help="the students whose distillation step is timed (default: image)")
+    ap.add_argument("--distill-query", type=int, default=15, help="queries per class of the timed distillation "
+                    "episodes (the glyph configs train with 5; the SRL's second forward scales with it)")
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers (default: all cores)")
@@ -314,8 +317,8 @@ def main() -> None:
               f"{r['conventional_eval_eps']:.1f} | {r['eval_ratio']:.1f} |")
     for d in distill:
         ratios = ", ".join(f"{name} {r:.2f}" for name, r in d["over_plain"].items())
-        print(f"\n{d['student']} student's distillation step / its plain step (Conv-4 32px 1-shot, {d['steps']} "
-              f"steps each): {ratios}")
+        print(f"\n{d['student']} student's distillation step / its plain step (Conv-4 32px 5-way 1-shot "
+              f"{d['query']}-query, {d['steps']} steps each): {ratios}")
     print(f"peak RSS {result['peak_rss_mb']:.0f} MB; {args.out}")
 
 
