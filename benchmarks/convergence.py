@@ -15,7 +15,8 @@ whose JSON exists is skipped; an interrupted one resumes from its run folder's l
         --gap teacher_e9600    # any two cells, paired on their common seeds; the share of a teacher's lead
 
 A distilled student of seed ``s`` learns from the teacher cell of seed ``s`` at
-``--teacher-episodes`` (trained first if missing). Students and teachers share the shipped
+``--teacher-episodes`` (trained first if missing; processes started together for students of one
+teacher take turns on it). Students and teachers share the shipped
 configs (``glyphs_student``, ``glyphs_distill``, ``glyphs_teacher``); validation runs
 ``--val-points`` times per run, so every budget is selected on the same number of checks.
 """
@@ -34,6 +35,7 @@ from cmkd.config import flatten, load_config, upgrade
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.registry import load_dataset
+from cmkd.errors import OutputFolderError
 from cmkd.eval.evaluate import episode_list, evaluate_lists
 from cmkd.eval.stats import over_seeds, paired_over_seeds
 from cmkd.files import write_atomic
@@ -122,10 +124,19 @@ class Grid:
         print(f"{name}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in record["accuracy"].items() if "1-shot" in k)
               + f" ({seconds:.0f} s)", flush=True)
 
-    def teacher(self, episodes: int, seed: int, tag: str, flags: dict) -> Trainer:
+    def teacher(self, episodes: int, seed: int, tag: str, flags: dict, wait_s: float = 600.0) -> Trainer:
+        """The teacher cell, trained first if missing. Grid processes started together for students of one teacher
+        take turns on its run folder: a process finding it in use waits (up to ``wait_s``) instead of failing."""
         name = cell_name("teacher", episodes, seed, tag)
-        if name not in self.teachers:
-            self.teachers[name] = self.train(name, TEACHER, {"train.seed": seed, **flags}, episodes)
+        deadline = time.monotonic() + wait_s
+        while name not in self.teachers:
+            try:
+                self.teachers[name] = self.train(name, TEACHER, {"train.seed": seed, **flags}, episodes)
+            except OutputFolderError:
+                if time.monotonic() > deadline:
+                    raise
+                print(f"{name} is in use by another process; waiting for it", flush=True)
+                time.sleep(15)
         return self.teachers[name]
 
 

@@ -125,3 +125,26 @@ def test_a_retrained_teacher_that_differs_from_its_stored_cell_is_named(tmp_path
     out = capsys.readouterr().out
     assert "retrained teacher_e1600_s1 differs from its stored cell (Old CPU (2 cores)) from step 1600" in out
     assert "val 97.00 stored, 96.00 now" in out
+
+
+def test_grid_processes_sharing_a_teacher_take_turns_on_its_run_folder(monkeypatch, capsys):
+    """Two grid processes started together for students of one teacher: the one finding the teacher's run folder
+    in use waits and retries instead of dying; past its wait it raises the folder's error."""
+    monkeypatch.setattr(convergence.time, "sleep", lambda s: None)
+    calls = []
+
+    def train(name, config, flags, episodes):
+        calls.append(name)
+        if len(calls) < 3:
+            raise OutputFolderError(f"{name} is in use by process 1")
+        return "trained"
+
+    grid = argparse.Namespace(teachers={}, train=train)
+    assert convergence.Grid.teacher(grid, 9600, 2, "lowres8", {}) == "trained"
+    assert calls == ["teacher_lowres8_e9600_s2"] * 3
+    assert capsys.readouterr().out.count("teacher_lowres8_e9600_s2 is in use by another process; waiting") == 2
+    calls.clear()
+    grid.teachers = {}
+    with pytest.raises(OutputFolderError, match="in use by process 1"):
+        convergence.Grid.teacher(grid, 9600, 2, "lowres8", {}, wait_s=-1)
+    assert len(calls) == 1
