@@ -235,6 +235,9 @@ def bench_distill(ds: FewShotDataset, episodes: int, args, modality: str = "imag
     out, sees = {}, set()
     steps = -(-max(1, episodes // args.episodes_per_step) // 4) * 4
     for name, (extra, taught) in DISTILL_VARIANTS.items():
+        if extra.get("distill.srl.queries", 0) >= args.distill_query:  # relates every query (or more than there are)
+            print(f"skipped {name}: episodes of {args.distill_query} queries a class")
+            continue
         tr = Trainer(load_config(base={**student, **extra, "name": name}), ds, args.device,
                      teacher=teacher if taught else None)
         sees.add(tr.model.cfg.modality)  # what the timed student took in, read back from its model
