@@ -35,7 +35,7 @@ from cmkd.config import flatten, load_config, upgrade
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.registry import load_dataset
-from cmkd.errors import OutputFolderError
+from cmkd.errors import FolderInUseError
 from cmkd.eval.evaluate import episode_list, evaluate_lists
 from cmkd.eval.stats import over_seeds, paired_over_seeds
 from cmkd.files import write_atomic
@@ -132,7 +132,7 @@ class Grid:
         while name not in self.teachers:
             try:
                 self.teachers[name] = self.train(name, TEACHER, {"train.seed": seed, **flags}, episodes)
-            except OutputFolderError:
+            except FolderInUseError:  # any other folder error is raised at once
                 if time.monotonic() > deadline:
                     raise
                 print(f"{name} is in use by another process; waiting for it", flush=True)

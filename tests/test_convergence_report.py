@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmkd.errors import OutputFolderError
+from cmkd.errors import FolderInUseError, OutputFolderError
+from cmkd.run_folder import RunDirectory
 from conftest import load_benchmark
 
 convergence = load_benchmark("convergence")
@@ -127,16 +128,22 @@ def test_a_retrained_teacher_that_differs_from_its_stored_cell_is_named(tmp_path
     assert "val 97.00 stored, 96.00 now" in out
 
 
-def test_grid_processes_sharing_a_teacher_take_turns_on_its_run_folder(monkeypatch, capsys):
+def test_grid_processes_sharing_a_teacher_take_turns_on_its_run_folder(monkeypatch, capsys, tmp_path):
     """Two grid processes started together for students of one teacher: the one finding the teacher's run folder
-    in use waits and retries instead of dying; past its wait it raises the folder's error."""
+    in use waits and retries instead of dying; past its wait it raises the folder's error, and any other folder error
+    (a planted link, a full disk) at once."""
+    held = RunDirectory(tmp_path / "teacher")
+    held.acquire()
+    with pytest.raises(FolderInUseError, match="is in use by process"):  # what a second process meets
+        RunDirectory(tmp_path / "teacher").acquire()
+    held.release()
     monkeypatch.setattr(convergence.time, "sleep", lambda s: None)
     calls = []
 
     def train(name, config, flags, episodes):
         calls.append(name)
         if len(calls) < 3:
-            raise OutputFolderError(f"{name} is in use by process 1")
+            raise FolderInUseError(f"{name} is in use by process 1")
         return "trained"
 
     grid = argparse.Namespace(teachers={}, train=train)
@@ -148,3 +155,13 @@ def test_grid_processes_sharing_a_teacher_take_turns_on_its_run_folder(monkeypat
     with pytest.raises(OutputFolderError, match="in use by process 1"):
         convergence.Grid.teacher(grid, 9600, 2, "lowres8", {}, wait_s=-1)
     assert len(calls) == 1
+
+    def broken(name, config, flags, episodes):
+        calls.append(name)
+        raise OutputFolderError(f"{name}/last.json is a symbolic link")
+
+    calls.clear()
+    grid.train = broken
+    with pytest.raises(OutputFolderError, match="is a symbolic link"):
+        convergence.Grid.teacher(grid, 9600, 2, "lowres8", {})
+    assert len(calls) == 1 and "waiting" not in capsys.readouterr().out

@@ -22,6 +22,10 @@ class OutputFolderError(RuntimeError):
     """An output folder cannot be used: it holds another run, another process uses it, or it is not writable."""
 
 
+class FolderInUseError(OutputFolderError):
+    """Another process holds the run folder's lock (it may be free later; the other folder errors will not be)."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says where and what to lower."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import IO
 
 from cmkd.checkpoint import load_checkpoint
-from cmkd.errors import CheckpointError, OutputFolderError
+from cmkd.errors import CheckpointError, FolderInUseError, OutputFolderError
 from cmkd.files import new_file, open_lock, refuse_link, write_atomic
 
 #: The entries cmkd writes in a run folder (a link planted under any of them is refused up front).
@@ -66,7 +66,7 @@ class RunDirectory:
             lock.seek(0)
             holder = lock.read().strip() or "another process"
             lock.close()
-            raise OutputFolderError(f"{self.path} is in use by process {holder} (lock {self.path / '.lock'}); wait for "
+            raise FolderInUseError(f"{self.path} is in use by process {holder} (lock {self.path / '.lock'}); wait for "
                                  "it to finish or choose another name (--name)") from None
         lock.seek(0)
         lock.truncate()
