@@ -180,7 +180,7 @@ def test_an_unaugmented_image_student_takes_the_srls_clean_view_from_its_trainin
     teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
     cfg = fast_cfg(**{"name": "s", "data.augment": False})
     one, two = Trainer(cfg, small, teacher=teacher), Trainer(cfg, small, teacher=teacher)
-    two.distiller.trains_on_clean = lambda model: False  # the two-forward path
+    two.distiller.trains_on_clean = lambda model, augmented: False  # the two-forward path
     calls: dict[str, int] = {"one": 0, "two": 0}
     for name, trainer in (("one", one), ("two", two)):
         def counted(*args, _forward=trainer.forward, _name=name, **kwargs):
@@ -197,7 +197,38 @@ def test_an_unaugmented_image_student_takes_the_srls_clean_view_from_its_trainin
     # an augmented image student, and a text student (one sampled caption vs all of them), keep the second forward
     augmented = Trainer(fast_cfg(**{"name": "a"}), small, teacher=teacher)
     text = Trainer(fast_cfg(**{"name": "x", "model.modality": "text", "data.augment": False}), small, teacher=teacher)
-    assert not augmented.distiller.trains_on_clean(augmented.model) and not text.distiller.trains_on_clean(text.model)
+    assert not augmented.distiller.trains_on_clean(augmented.model, True)
+    assert not text.distiller.trains_on_clean(text.model, False)
+
+
+def test_clean_steps_train_the_distillation_steps_unaugmented_in_one_forward(small, fast_cfg):
+    """``distill.clean_steps`` with ``every=2``: step 0 distils on the clean images in one forward, the step an
+    unaugmented run takes; step 1 is the augmented plain step of the shipped run. A text student may not set it."""
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
+    runs = {name: Trainer(fast_cfg(**{"name": name, "distill.every": 2, **extra}), small, teacher=teacher)
+            for name, extra in (("clean", {"distill.clean_steps": True}), ("shipped", {}),
+                                ("unaug", {"data.augment": False}))}
+    calls = dict.fromkeys(runs, 0)
+    for name, trainer in runs.items():
+        trainer.model.load_state_dict(runs["clean"].model.state_dict())
+
+        def counted(*args, _forward=trainer.forward, _name=name, **kwargs):
+            calls[_name] += 1
+            return _forward(*args, **kwargs)
+        trainer.forward = counted
+    logs = {name: trainer.train_step(0) for name, trainer in runs.items()}
+    assert calls == {"clean": 1, "shipped": 2, "unaug": 1}
+    assert all(torch.equal(logs["clean"][k], logs["unaug"][k]) for k in logs["unaug"])
+    assert not torch.equal(logs["clean"]["ce"], logs["shipped"]["ce"])  # the shipped step trained on augmented images
+    fresh = Trainer(fast_cfg(**{"name": "x"}), small).model.state_dict()
+    for trainer in runs.values():
+        trainer.model.load_state_dict(fresh)
+    logs = {name: trainer.train_step(1) for name, trainer in runs.items()}
+    assert set(logs["clean"]) == {"ce", "loss", "acc"}
+    assert all(torch.equal(logs["clean"][k], logs["shipped"][k]) for k in logs["clean"])
+    assert not torch.equal(logs["clean"]["ce"], logs["unaug"]["ce"])
+    with pytest.raises(ConfigError, match="distill.clean_steps"):
+        fast_cfg(**{"model.modality": "text", "distill.clean_steps": True})
 
 
 def test_an_srl_relating_fewer_queries_sees_the_sub_episode_of_each_classs_first_queries(small, fast_cfg):

@@ -203,6 +203,9 @@ class DistillConfig:
     every: int = setting(1, "distil on every N-th step only, with N times the weight: the same expected gradient "
                          "for 1/N of the distillation's cost (the SRL's clean view is a second student forward)",
                          low=1, high=10**6, read_when=DISTILLING)
+    clean_steps: bool = setting(False, "an image student trains on the clean (un-augmented) images on its "
+                                "distillation steps, so the SRL's clean view is its training forward: no second "
+                                "forward, and 1 in distill.every steps unaugmented", read_when=DISTILLING)
     init_encoder: bool = setting(False, "start the student's encoder (image or text) from the teacher's encoder of "
                                  "that modality, with the same architecture; the head starts fresh",
                                  read_when=DISTILLING)
@@ -587,6 +590,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.episodes_per_step > cfg.train.episodes:
         raise ConfigError(f"config field 'train.episodes_per_step' ({cfg.train.episodes_per_step}) is more than "
                           f"train.episodes ({cfg.train.episodes}); batch at most the episodes the run trains")
+    if cfg.distill.clean_steps and cfg.model.modality != "image":
+        raise ConfigError(f"config field 'distill.clean_steps' is for image students (their clean view is the "
+                          f"un-augmented image), not model.modality={cfg.model.modality}; unset it")
     if cfg.distill.srl.queries > cfg.episode.query:
         raise ConfigError(f"config field 'distill.srl.queries' ({cfg.distill.srl.queries}) is more than "
                           f"episode.query ({cfg.episode.query}); relate at most the episode's queries (0: all)")

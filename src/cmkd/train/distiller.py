@@ -71,21 +71,22 @@ class Distiller:
         """The teacher when it embeds each step's own inputs (no cache)."""
         return None if self.clean else self.teacher
 
-    def trains_on_clean(self, model: FewShotModel) -> bool:
-        """Whether the student's training forward already sees the clean view (an image-only student with
-        ``data.augment=false``), so the SRL's student side reuses it instead of a second forward."""
-        return model.uses_image and not model.uses_text and not self.cfg.data.augment
+    def trains_on_clean(self, model: FewShotModel, augmented: bool) -> bool:
+        """Whether the student's training forward already sees the clean view (an image-only student whose
+        step is not ``augmented``), so the SRL's student side reuses it instead of a second forward."""
+        return model.uses_image and not model.uses_text and not augmented
 
     def terms(self, forward: nn.Module, model: FewShotModel, episodes: np.ndarray, flat: torch.Tensor,
               images: torch.Tensor | None, caption_ids: torch.Tensor | None, emb: torch.Tensor,
-              scores: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The method's terms for this step's episodes; ``emb``/``scores`` are the student's training view,
-        replaced by an extra forward on the teacher's clean inputs when the method asks for them and the training
-        view is not already clean. A method relating fewer queries (``distill.srl.queries``) sees the sub-episode of
-        the supports and each class's first queries, on both sides, so its second forward is cheaper."""
+              scores: torch.Tensor, augmented: bool = True) -> dict[str, torch.Tensor]:
+        """The method's terms for this step's episodes; ``emb``/``scores`` are the student's training view
+        (``augmented`` or not), replaced by an extra forward on the teacher's clean inputs when the method asks
+        for them and the training view is not already clean. A method relating fewer queries
+        (``distill.srl.queries``) sees the sub-episode of the supports and each class's first queries, on both
+        sides, so its second forward is cheaper."""
         e = self.cfg.episode
         n_ep, query = episodes.shape[0], e.query
-        second = self.method.student_view == "clean" and not self.trains_on_clean(model)
+        second = self.method.student_view == "clean" and not self.trains_on_clean(model, augmented)
         if self.columns is not None:  # the sub-episode of the supports and each class's first queries
             (host_cols, cols), query = self.columns, self.method.queries
             flat = take_columns(flat, n_ep, cols)

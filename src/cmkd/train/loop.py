@@ -112,7 +112,9 @@ class Trainer:
         flat = self.data.upload(rows)
         live = self.distiller.live if self.distiller is not None else None
         needs_images = self.model.uses_image or (live is not None and live.uses_image)
-        images = self.data.images_for(rows, cfg.data.augment, gen, cfg.data.hflip) if needs_images else None
+        distilling = self.distiller is not None and self.objective.distills_at(step)
+        augment = cfg.data.augment and not (distilling and cfg.distill.clean_steps)
+        images = self.data.images_for(rows, augment, gen, cfg.data.hflip) if needs_images else None
         if needs_images and step + 1 < sched.steps:
             self.data.prefetch(sched.indices(step + 1).reshape(-1))  # gathered while this step runs
         text_model = self.model if self.model.uses_text else live
@@ -124,9 +126,9 @@ class Trainer:
         text = inputs.text_inputs(self.data, self.model, flat, caption_ids)[0]
         captions = self.lsl.captions(flat, gen) if self.lsl is not None else None
         emb, scores, values = self.forward(images if self.model.uses_image else None, text, n_ep, captions=captions)
-        if self.distiller is not None and self.objective.distills_at(step):
+        if self.distiller is not None and distilling:
             values.update(self.distiller.terms(self.forward, self.model, episodes, flat, images, caption_ids,
-                                               emb, scores))
+                                               emb, scores, augment))
         loss = self.objective(values, step, sched.steps)
         optimizer_step(loss, self.optimizer, self.scaler)
         logs = {k: v.detach() for k, v in values.items()}
