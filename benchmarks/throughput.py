@@ -217,12 +217,21 @@ DISTILL_VARIANTS = {
     "distill_unaugmented": ({"data.augment": False}, True),  # an image student's clean view is its training view
     "distill_queries_3": ({"distill.srl.queries": 3}, True),  # the clean view of the supports and 3 queries a class
     "distill_queries_1": ({"distill.srl.queries": 1}, True),  # ... and 1 query a class
+    # every 2nd step distils, on the clean images, in one forward (image students only)
+    "distill_clean_steps_2": ({"distill.every": 2, "distill.clean_steps": True}, True),
 }
+
+
+def timed_variant(extra: dict, query: int, modality: str) -> bool:
+    """Whether a variant applies: one relating K queries a class needs episodes of more than K; clean steps need
+    an image student."""
+    return extra.get("distill.srl.queries", 0) < query and (modality == "image" or "distill.clean_steps" not in extra)
 
 
 def bench_distill(ds: FewShotDataset, episodes: int, args, modality: str = "image") -> dict:
     """A plain student step vs distillation steps (the default SRL with a cached teacher; distilling every 4th
-    step; the SRL on the student's training view; a live teacher; no augmentation; 3 or 1 related queries per class),
+    step; the SRL on the student's training view; a live teacher; no augmentation; 3 or 1 related queries per class;
+    every 2nd step on clean images),
     same episodes of ``args.distill_query`` queries a class, for a student of ``modality``; steps rounded up to a
     multiple of 4 so that ``every_4`` is timed over whole cycles."""
     size = ds.image_shape[1]
@@ -235,8 +244,8 @@ def bench_distill(ds: FewShotDataset, episodes: int, args, modality: str = "imag
     out, sees = {}, set()
     steps = -(-max(1, episodes // args.episodes_per_step) // 4) * 4
     for name, (extra, taught) in DISTILL_VARIANTS.items():
-        if extra.get("distill.srl.queries", 0) >= args.distill_query:  # relates every query (or more than there are)
-            print(f"skipped {name}: episodes of {args.distill_query} queries a class")
+        if not timed_variant(extra, args.distill_query, modality):
+            print(f"skipped {name}: a {modality} student on episodes of {args.distill_query} queries a class")
             continue
         tr = Trainer(load_config(base={**student, **extra, "name": name}), ds, args.device,
                      teacher=teacher if taught else None)

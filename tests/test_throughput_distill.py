@@ -28,10 +28,11 @@ def test_distill_timing_trains_the_student_of_the_modality_asked(glyphs, modalit
     result = throughput.bench_distill(data, 4, args, modality)
     assert result["student"] == modality  # read back from the timed models, not echoed
     assert result["steps"] == 4
-    # a variant relating K queries a class is timed only on episodes of more than K
+    # a variant relating K queries a class is timed only on episodes of more than K; clean steps on image students
     timed = {name for name, (extra, _) in throughput.DISTILL_VARIANTS.items()
-             if extra.get("distill.srl.queries", 0) < query}
+             if throughput.timed_variant(extra, query, modality)}
     assert ("distill_queries_3" in timed) == (query > 3)
+    assert ("distill_clean_steps_2" in timed) == (modality == "image")
     assert set(result["seconds_per_step"]) == timed
     assert result["query"] == query and built == [query] * (len(timed) + 1)  # + the teacher
     assert all(sec > 0 for sec in result["seconds_per_step"].values())
