@@ -112,8 +112,8 @@ class Trainer:
         flat = self.data.upload(rows)
         live = self.distiller.live if self.distiller is not None else None
         needs_images = self.model.uses_image or (live is not None and live.uses_image)
-        distilling = self.distiller is not None and self.objective.distills_at(step)
-        augment = cfg.data.augment and not (distilling and cfg.distill.clean_steps)
+        distiller = self.distiller if self.distiller is not None and self.objective.distills_at(step) else None
+        augment = cfg.data.augment and not (distiller is not None and cfg.distill.clean_steps)  # clean steps
         images = self.data.images_for(rows, augment, gen, cfg.data.hflip) if needs_images else None
         if needs_images and step + 1 < sched.steps:
             self.data.prefetch(sched.indices(step + 1).reshape(-1))  # gathered while this step runs
@@ -121,18 +121,16 @@ class Trainer:
         caption_ids = (inputs.pick_captions(self.data, text_model, flat, gen)
                        if text_model is not None and text_model.uses_text else None)
         set_lr(self.optimizer, cfg.train.lr * lr_factor(cfg.train, step, sched.steps))
-
         self.model.train()
         text = inputs.text_inputs(self.data, self.model, flat, caption_ids)[0]
         captions = self.lsl.captions(flat, gen) if self.lsl is not None else None
         emb, scores, values = self.forward(images if self.model.uses_image else None, text, n_ep, captions=captions)
-        if self.distiller is not None and distilling:
-            values.update(self.distiller.terms(self.forward, self.model, episodes, flat, images, caption_ids,
-                                               emb, scores, augment))
+        if distiller is not None:
+            values.update(distiller.terms(self.forward, self.model, episodes, flat, images, caption_ids, emb, scores,
+                                          augment))
         loss = self.objective(values, step, sched.steps)
         optimizer_step(loss, self.optimizer, self.scaler)
-        logs = {k: v.detach() for k, v in values.items()}
-        logs["loss"] = loss.detach()
+        logs = {**{k: v.detach() for k, v in values.items()}, "loss": loss.detach()}
         logs["acc"] = (scores.detach().argmax(-1) == episode_labels(e.way, e.query, self.device)).float().mean()
         return logs
 
