@@ -257,12 +257,12 @@ def test_an_srl_relating_fewer_queries_sees_the_sub_episode_of_each_classs_first
         fewer.forward = counted
         torch.manual_seed(0)
         got = fewer.distiller.terms(fewer.forward, fewer.model, episodes, flat, None, None, emb,
-                                    fewer.model.scores(emb, 5, 1))
+                                    fewer.model.scores(emb, 5, 1), augmented=True)
         assert batches == ([n_ep * 15] if view == "clean" else [])  # 5 supports and 2 queries of each class
         sub = emb[:, torch.as_tensor(cols)]
         torch.manual_seed(0)
         want = short.distiller.terms(short.forward, short.model, episodes[:, cols], flat.view(n_ep, -1)[:, cols]
-                                     .flatten(), None, None, sub, short.model.scores(sub, 5, 1))
+                                     .flatten(), None, None, sub, short.model.scores(sub, 5, 1), augmented=True)
         assert set(got) == set(want) and all(torch.allclose(got[k], want[k], atol=1e-6) for k in got), view
     logs = fewer.train_step(0)
     assert all(torch.isfinite(v) for v in logs.values())

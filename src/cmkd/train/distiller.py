@@ -78,7 +78,7 @@ class Distiller:
 
     def terms(self, forward: nn.Module, model: FewShotModel, episodes: np.ndarray, flat: torch.Tensor,
               images: torch.Tensor | None, caption_ids: torch.Tensor | None, emb: torch.Tensor,
-              scores: torch.Tensor, augmented: bool = True) -> dict[str, torch.Tensor]:
+              scores: torch.Tensor, augmented: bool) -> dict[str, torch.Tensor]:
         """The method's terms for this step's episodes; ``emb``/``scores`` are the student's training view
         (``augmented`` or not), replaced by an extra forward on the teacher's clean inputs when the method asks
         for them and the training view is not already clean. A method relating fewer queries
