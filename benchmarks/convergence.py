@@ -307,9 +307,10 @@ def plot(out: dict, path: Path, settings: list[str], roles: list[str] | None = N
         raise SystemExit(f"--plot-roles: no cells for {unknown}; the runs are {known}")
     roles = roles or known
     for ax, label in zip(axes[0], settings):
-        for role in roles:
+        for i, role in enumerate(roles):
             rows = sorted((r for r in out["rows"] if r["run"] == role), key=lambda r: r["episodes"])
-            x = [r["episodes"] for r in rows]
+            dodge = 2 ** (0.04 * (i - (len(roles) - 1) / 2))  # side by side at a shared budget, bars apart
+            x = [r["episodes"] * dodge for r in rows]
             y = [100 * r["accuracy"][label]["mean"] for r in rows]
             ci = [100 * r["accuracy"][label]["ci95"] for r in rows]
             ax.errorbar(x, y, yerr=ci, marker="o", ms=4, capsize=3, label=f"{role} ({_seed_counts(rows)})")
@@ -322,7 +323,8 @@ def plot(out: dict, path: Path, settings: list[str], roles: list[str] | None = N
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{label}, 5-way, 15 queries", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, title="bars: 95% interval over seeds and episodes", title_fontsize=7)
+    axes[0][-1].legend(fontsize=7, title="bars: 95% interval over seeds and episodes", title_fontsize=7,
+                       loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the axes, never over a curve
     fig.tight_layout()
     write_atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"), sync=False)  # never through a link
     plt.close(fig)
