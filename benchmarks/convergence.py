@@ -111,6 +111,8 @@ class Grid:
                   "differently, and new students learn from the retrained teacher", flush=True)
 
     def _score(self, name: str, trainer: Trainer, cfg, seconds: float, resumed: bool) -> None:
+        if resumed:  # this process ran the last stretch only; the history sums the training time over resumes
+            seconds = trainer.history[-1]["seconds"]
         labels = list(self.lists)
         accs = evaluate_lists(trainer.model, self.data, [self.lists[k] for k in labels],
                               [(SETTINGS[k][2].way, SETTINGS[k][2].shot) for k in labels])

@@ -1,6 +1,7 @@
 """Training: learning happens, checkpoints round-trip, and resume is exact."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.models import inputs
 from cmkd.train import distiller
 from cmkd.train.distiller import embed_teacher as real_embed_teacher
+from cmkd.train import loop
 from cmkd.train.loop import Trainer
 from conftest import subset
 
@@ -86,8 +88,15 @@ def test_old_weight_files_are_removed(small, fast_cfg, tmp_path):
     assert len(list(tmp_path.glob("ck-*.safetensors"))) == 2
 
 
+def _ticking_clock(monkeypatch, start: float) -> None:
+    """The trainer's clock made to advance one second per reading, from ``start``."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: start + next(ticks)))
+
+
 def test_resume_after_a_crash_matches_an_uninterrupted_run(small, fast_cfg, tmp_path, monkeypatch):
     overrides = {"train.episodes": 30, "train.val_every": 10}
+    _ticking_clock(monkeypatch, 0.0)
     straight = Trainer(fast_cfg(**overrides, name="straight"), small)
     straight.fit(progress=False)
 
@@ -100,11 +109,15 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(small, fast_cfg, tmp_
         return real_step(self, step)
 
     monkeypatch.setattr(Trainer, "train_step", step_then_crash)
+    _ticking_clock(monkeypatch, 0.0)
     with pytest.raises(KeyboardInterrupt):
         crashing.fit(progress=False)
     monkeypatch.setattr(Trainer, "train_step", real_step)
     resumed = Trainer(fast_cfg(**overrides, name="crashed"), small)
+    _ticking_clock(monkeypatch, 500.0)  # another process: its clock has its own origin
     resumed.fit(resume=True, progress=False)
+    # the training time is summed over the resume (one tick per validation here), not restarted by it
+    assert [h["seconds"] for h in resumed.history] == [h["seconds"] for h in straight.history] == [1.0, 2.0, 3.0]
     assert resumed.state.progress.step == straight.state.progress.step == 30
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k

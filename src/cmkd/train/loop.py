@@ -176,7 +176,7 @@ class Trainer:
                    unit="step", dynamic_ncols=True, leave=True)
         running: dict[str, float] = {}
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
-        start = time.perf_counter()
+        start = time.perf_counter() - (p.history[-1]["seconds"] if p.history else 0.0)  # summed over resumes
         while p.step < sched.steps:
             pending.append((p.step, self.train_step(p.step)))
             p.step += 1

@@ -36,7 +36,8 @@ class Progress:
     recovered: list[str] = field(default_factory=list)  # damaged checkpoints met on resume, and what was done
 
     def record(self, acc: float, ci: float, episodes: int, running: dict[str, float], seconds: float) -> bool:
-        """Add a validation to the history; returns whether it is the best so far."""
+        """Add a validation to the history; returns whether it is the best so far. ``seconds``: training time
+        so far, summed over the run's resumes (a stretch lost to a crash after the last checkpoint not counted)."""
         improved = acc > self.best_acc
         self.best_acc = max(self.best_acc, acc)
         self.history.append({"step": self.step, "episodes": episodes, **{k: round(v, 5) for k, v in running.items()},
