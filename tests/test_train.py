@@ -19,9 +19,8 @@ from cmkd.data.episodes import EpisodeSetting
 from cmkd.errors import CheckpointError, ConfigError, TrainingDiverged
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.models import inputs
-from cmkd.train import distiller
+from cmkd.train import distiller, loop
 from cmkd.train.distiller import embed_teacher as real_embed_teacher
-from cmkd.train import loop
 from cmkd.train.loop import Trainer
 from conftest import subset
 
