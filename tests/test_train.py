@@ -1,5 +1,6 @@
 """Training: learning happens, checkpoints round-trip, and resume is exact."""
 
+import itertools
 import json
 from types import SimpleNamespace
 
@@ -89,7 +90,7 @@ def test_old_weight_files_are_removed(small, fast_cfg, tmp_path):
 
 def _ticking_clock(monkeypatch, start: float) -> None:
     """The trainer's clock made to advance one second per reading, from ``start``."""
-    ticks = iter(range(10**6))
+    ticks = itertools.count()
     monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: start + next(ticks)))
 
 
