@@ -1,5 +1,6 @@
 """Training: learning happens, checkpoints round-trip, and resume is exact."""
 
+import copy
 import itertools
 import json
 from types import SimpleNamespace
@@ -242,6 +243,32 @@ def test_clean_steps_train_the_distillation_steps_unaugmented_in_one_forward(sma
     assert not torch.equal(logs["clean"]["ce"], logs["unaug"]["ce"])
     with pytest.raises(ConfigError, match="distill.clean_steps"):
         fast_cfg(**{"model.modality": "text", "distill.clean_steps": True})
+
+
+def test_while_teacher_leads_distils_only_after_validations_the_teacher_led(small, fast_cfg):
+    """``distill.while_teacher_leads``: a step distils before the first validation and after one where the teacher
+    (scored once on the same val episodes) was ahead; after one the student led, it is the plain student's step."""
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
+    gated = Trainer(fast_cfg(**{"name": "g", "distill.while_teacher_leads": True}), small, teacher=teacher)
+    always = Trainer(fast_cfg(**{"name": "a"}), small, teacher=teacher)
+    plain = Trainer(fast_cfg(**{"name": "p"}), small)
+    teacher_acc = gated.validate(gated.distiller.teacher)[0]
+    assert 0 < teacher_acc < 1
+    assert gated.distilling and "srl_rel" in gated.train_step(0)  # not validated yet
+    calls = []
+    gated.validate = lambda model: calls.append(model) or Trainer.validate(gated, model)
+    for trainer in (gated, always):
+        trainer.history.append({"val_acc": teacher_acc})  # the student level with its teacher: it leads
+    assert not gated.distilling and always.distilling
+    assert gated.distiller.val_acc == teacher_acc and calls == [gated.distiller.teacher]
+    plain.model.load_state_dict(gated.model.state_dict())
+    plain.optimizer.load_state_dict(copy.deepcopy(gated.optimizer.state_dict()))  # Adam's state after step 0
+    logs, plain_logs = gated.train_step(1), plain.train_step(1)
+    assert set(logs) == {"ce", "loss", "acc"} and all(torch.equal(logs[k], plain_logs[k]) for k in logs)
+    assert all(torch.equal(a, b) for a, b in zip(gated.model.parameters(), plain.model.parameters(), strict=True))
+    gated.history.append({"val_acc": teacher_acc - 0.05})  # the teacher ahead again
+    assert gated.distilling and "srl_rel" in gated.train_step(2)
+    assert len(calls) == 1  # the teacher was scored once
 
 
 def test_an_srl_relating_fewer_queries_sees_the_sub_episode_of_each_classs_first_queries(small, fast_cfg):

@@ -206,6 +206,10 @@ class DistillConfig:
     clean_steps: bool = setting(False, "an image student trains on the clean (un-augmented) images on its "
                                 "distillation steps, so the SRL's clean view is its training forward: no second "
                                 "forward, and 1 in distill.every steps unaugmented", read_when=DISTILLING)
+    while_teacher_leads: bool = setting(False, "distil only while the teacher leads: after each validation the "
+                                        "next steps distil if the teacher's accuracy on the same val episodes is "
+                                        "above the student's, else they are plain steps (a student that has "
+                                        "outgrown its teacher trains alone)", read_when=DISTILLING)
     init_encoder: bool = setting(False, "start the student's encoder (image or text) from the teacher's encoder of "
                                  "that modality, with the same architecture; the head starts fresh",
                                  read_when=DISTILLING)

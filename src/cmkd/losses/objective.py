@@ -94,9 +94,11 @@ class Objective:
         """Lambda's warm-up factor at ``step`` of ``steps``."""
         return min(1.0, step / (self.warmup * steps)) if self.warmup > 0 else 1.0
 
-    def __call__(self, values: Mapping[str, torch.Tensor], step: int = 0, steps: int = 1) -> torch.Tensor:
+    def __call__(self, values: Mapping[str, torch.Tensor], step: int = 0, steps: int = 1,
+                 distil: bool = True) -> torch.Tensor:
+        """The loss of ``step`` of ``steps``; ``distil`` False leaves the distillation terms out of any step."""
         total = weighted_sum(values, (*self.model, *self.extra))
-        if self.distills_at(step):
+        if distil and self.distills_at(step):
             total = total + self.ramp(step, steps) * self.weight * self.every * weighted_sum(values, self.distill)
         return total
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -56,6 +57,7 @@ class Distiller:
         kept = related_columns(cfg.episode.way, cfg.episode.shot, cfg.episode.query, method.queries)
         # the sub-episode's columns, for the host's episode table and on the device (no copy per step); None: all
         self.columns = None if kept is None else (kept, torch.as_tensor(kept, device=data.device))
+        self.val_acc: float | None = None  # the teacher's, on the student's val episodes (while_teacher_leads)
 
     @property
     def cache(self) -> Embedded | None:
@@ -65,6 +67,18 @@ class Distiller:
                      len(self.data.dataset.split_indices("base")))
             self._cache = embed_teacher(self.teacher, self.data, self.cfg)
         return self._cache
+
+    def leads(self, history: list[dict], validate: Callable[[FewShotModel], tuple[float, float]]) -> bool:
+        """Whether the student's next steps distil: always, unless ``distill.while_teacher_leads``; then until its
+        first validation, and after that while the teacher's accuracy on the same val episodes (``validate``,
+        called once) is above the student's last (``history``: the student's validations)."""
+        if not self.cfg.distill.while_teacher_leads or not history:
+            return True
+        if self.val_acc is None:
+            self.val_acc = validate(self.teacher)[0]
+            log.info("the teacher scores %.2f%% on the val episodes: distilling while the student is below it",
+                     100 * self.val_acc)
+        return self.val_acc > history[-1]["val_acc"]
 
     @property
     def live(self) -> FewShotModel | None:

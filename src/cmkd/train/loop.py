@@ -39,9 +39,8 @@ log = logging.getLogger("cmkd")
 
 
 class Trainer:
-    """Trains ``cfg``'s model on the base split, validating on fixed val episodes. ``teacher`` (left untouched: a
-    frozen copy is used) makes it distillation; ``init`` gives starting weights (copied), as may the teacher's
-    encoder (``distill.init_encoder``); ``teacher_cache`` shares one teacher pass between several students."""
+    """Trains ``cfg``'s model on the base split, validating on fixed val episodes. A ``teacher`` (a frozen copy)
+    makes it distillation; ``init`` (copied) gives starting weights; ``teacher_cache`` shares one teacher pass."""
 
     def __init__(self, cfg: Config, dataset: FewShotDataset, device: torch.device | str = "cpu",
                  teacher: FewShotModel | None = None, init: FewShotModel | None = None,
@@ -67,12 +66,10 @@ class Trainer:
         self.distiller = Distiller(teacher, method, cfg, self.data, teacher_cache) if teacher and method else None
         self.objective = Objective.build(cfg, self.model.head.loss_name, self.model.regularised,
                                          self.model.late_fusion, method)
-        decoder = self.lsl.decoder if self.lsl is not None else None
-        e = cfg.episode
+        e, decoder = cfg.episode, self.lsl.decoder if self.lsl is not None else None
         step_forward = EpisodeForward(self.model, self.objective, e.way, e.shot, self.precision, self.device, decoder)
         self.forward = data_parallel(step_forward, self.device, self.ranks.world)
-        if cfg.train.compile:
-            self.forward = torch.compile(self.forward)
+        self.forward = torch.compile(self.forward) if cfg.train.compile else self.forward
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.schedule = EpisodeSchedule(cfg, dataset, self.ranks)
         self.val_setting = EpisodeSetting(e.way, e.shot, cfg.train.val_query, False)
@@ -95,12 +92,17 @@ class Trainer:
         return self.state.progress.best_acc
 
     @property
+    def distilling(self) -> bool:
+        """Whether a step distils now (``distill.while_teacher_leads``: not after a validation the student led)."""
+        return self.distiller is not None and self.distiller.leads(self.history, self.validate)
+
+    @property
     def history(self) -> list[dict]:
         return self.state.progress.history
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
-        """One optimizer step on this rank's episodes of ``step``; returns detached 0-d tensors, one per
-        objective term plus ``loss`` and ``acc`` (kept on the device: reading them waits for the step)."""
+        """One optimizer step on this rank's episodes of ``step``: detached 0-d tensors (on the device) for each
+        objective term, ``loss`` and ``acc``; reading one waits for the step."""
         with forked_rng(self.device, self.schedule.seed(step)):  # dropout, DropBlock, word and modality dropout
             return self._step(step)
 
@@ -112,7 +114,7 @@ class Trainer:
         flat = self.data.upload(rows)
         live = self.distiller.live if self.distiller is not None else None
         needs_images = self.model.uses_image or (live is not None and live.uses_image)
-        distiller = self.distiller if self.distiller is not None and self.objective.distills_at(step) else None
+        distiller = self.distiller if self.distilling and self.objective.distills_at(step) else None
         augment = cfg.data.augment and not (distiller is not None and cfg.distill.clean_steps)  # clean steps
         images = self.data.images_for(rows, augment, gen, cfg.data.hflip) if needs_images else None
         if needs_images and step + 1 < sched.steps:
@@ -128,18 +130,17 @@ class Trainer:
         if distiller is not None:
             values.update(distiller.terms(self.forward, self.model, episodes, flat, images, caption_ids, emb, scores,
                                           augment))
-        loss = self.objective(values, step, sched.steps)
+        loss = self.objective(values, step, sched.steps, distil=distiller is not None)
         optimizer_step(loss, self.optimizer, self.scaler)
         logs = {**{k: v.detach() for k, v in values.items()}, "loss": loss.detach()}
         logs["acc"] = (scores.detach().argmax(-1) == episode_labels(e.way, e.query, self.device)).float().mean()
         return logs
 
-    def validate(self) -> tuple[float, float]:
-        """Accuracy on the fixed val episodes (sharded over the ranks, gathered on all)."""
-        distributed.sync_buffers(self.model)
-        accs = evaluate_episodes(self.model, self.data, self.val_episodes, self.val_setting.way,
-                                 self.val_setting.shot, self.cfg.data.eval_captions == "mean", self.precision)
-        m = mean_ci(accs)
+    def validate(self, model: FewShotModel) -> tuple[float, float]:
+        """Accuracy of ``model`` (the student, or its teacher) on the fixed val episodes (sharded over the ranks)."""
+        distributed.sync_buffers(model)
+        m = mean_ci(evaluate_episodes(model, self.data, self.val_episodes, self.val_setting.way, self.val_setting.shot,
+                                      self.cfg.data.eval_captions == "mean", self.precision))
         return m.mean, m.ci95
 
     def load_best(self) -> FewShotModel:
@@ -149,9 +150,8 @@ class Trainer:
 
     def fit(self, resume: bool = False, progress: bool = True, desc: str | None = None,
             read_every: int = 20, overwrite: bool = False) -> list[dict]:
-        """Train to the end (or ``resume``), validating and checkpointing every ``train.val_every`` episodes
-        (run folder rules: :meth:`RunState.session`). Losses are read every ``read_every`` steps; a
-        non-finite one stops the run before anything is saved. Writes ``metrics.jsonl`` and ``val_curve.png``."""
+        """Train to the end (or ``resume``: :meth:`RunState.session`), validating and checkpointing every
+        ``train.val_every`` episodes; a non-finite loss (read every ``read_every`` steps) stops it unsaved."""
         main = self.ranks.main
         with self.state.session(self.cfg, resume, overwrite) as (resumed, runlog):
             if main:
@@ -190,7 +190,7 @@ class Trainer:
                 if runlog is not None:
                     runlog.write("train", p.step, {k: round(v, 5) for k, v in running.items()})
             if validate:
-                acc, ci = self.validate()
+                acc, ci = self.validate(self.model)
                 improved = p.record(acc, ci, sched.episodes(p.step), running, time.perf_counter() - start)
                 if runlog is not None:
                     runlog.write("val", p.step, {"val_acc": acc, "val_ci95": ci, "best_val_acc": p.best_acc})
