@@ -245,7 +245,7 @@ def test_clean_steps_train_the_distillation_steps_unaugmented_in_one_forward(sma
         fast_cfg(**{"model.modality": "text", "distill.clean_steps": True})
 
 
-def test_while_teacher_leads_distils_only_after_validations_the_teacher_led(small, fast_cfg):
+def test_while_teacher_leads_distils_only_after_validations_the_teacher_led(small, fast_cfg, caplog):
     """``distill.while_teacher_leads``: a step distils before the first validation and after one where the teacher
     (scored once on the same val episodes) was ahead; after one the student led, it is the plain student's step."""
     teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
@@ -258,7 +258,7 @@ def test_while_teacher_leads_distils_only_after_validations_the_teacher_led(smal
     calls = []
     gated.validate = lambda model: calls.append(model) or Trainer.validate(gated, model)
     for trainer in (gated, always):
-        trainer.history.append({"val_acc": teacher_acc})  # the student level with its teacher: it leads
+        trainer.history.append({"episodes": 20, "val_acc": teacher_acc})  # the student level with its teacher
     assert not gated.distilling and always.distilling
     assert gated.distiller.val_acc == teacher_acc and calls == [gated.distiller.teacher]
     plain.model.load_state_dict(gated.model.state_dict())
@@ -266,9 +266,11 @@ def test_while_teacher_leads_distils_only_after_validations_the_teacher_led(smal
     logs, plain_logs = gated.train_step(1), plain.train_step(1)
     assert set(logs) == {"ce", "loss", "acc"} and all(torch.equal(logs[k], plain_logs[k]) for k in logs)
     assert all(torch.equal(a, b) for a, b in zip(gated.model.parameters(), plain.model.parameters(), strict=True))
-    gated.history.append({"val_acc": teacher_acc - 0.05})  # the teacher ahead again
-    assert gated.distilling and "srl_rel" in gated.train_step(2)
+    gated.history.append({"episodes": 40, "val_acc": teacher_acc - 0.05})  # the teacher ahead again
+    with caplog.at_level("INFO", logger="cmkd"):
+        assert gated.distilling and "srl_rel" in gated.train_step(2)
     assert len(calls) == 1  # the teacher was scored once
+    assert [r.getMessage().split(": ")[-1] for r in caplog.records if "after" in r.getMessage()] == ["distilling"]
 
 
 def test_an_srl_relating_fewer_queries_sees_the_sub_episode_of_each_classs_first_queries(small, fast_cfg):

@@ -58,6 +58,7 @@ class Distiller:
         # the sub-episode's columns, for the host's episode table and on the device (no copy per step); None: all
         self.columns = None if kept is None else (kept, torch.as_tensor(kept, device=data.device))
         self.val_acc: float | None = None  # the teacher's, on the student's val episodes (while_teacher_leads)
+        self._leading: bool | None = None  # whether it led at the last check (the log says when that changes)
 
     @property
     def cache(self) -> Embedded | None:
@@ -76,9 +77,13 @@ class Distiller:
             return True
         if self.val_acc is None:
             self.val_acc = validate(self.teacher)[0]
-            log.info("the teacher scores %.2f%% on the val episodes: distilling while the student is below it",
-                     100 * self.val_acc)
-        return self.val_acc > history[-1]["val_acc"]
+        student = history[-1]["val_acc"]
+        if (leads := self.val_acc > student) != self._leading:
+            log.info("after %d episodes the teacher is %s the student on val (%.2f%% vs %.2f%%): %s",
+                     history[-1]["episodes"], "ahead of" if leads else "level with or behind", 100 * self.val_acc,
+                     100 * student, "distilling" if leads else "plain steps")
+            self._leading = leads
+        return leads
 
     @property
     def live(self) -> FewShotModel | None:
