@@ -274,6 +274,24 @@ def test_while_teacher_leads_distils_only_after_validations_the_teacher_led(smal
     assert turns == ["plain steps", "distilling"]  # the log says when the gate turns, once each time
 
 
+def test_val_fine_grained_validates_on_episodes_from_one_group(small, fast_cfg):
+    """``train.val_fine_grained``: every val episode's classes share a group (the default's span groups), and the
+    validation, which picks the checkpoint and decides the plateau and the gate, scores those episodes."""
+    fine, rand = (Trainer(fast_cfg(**{"train.val_fine_grained": on}), small) for on in (True, False))
+    labels, groups = small.labels.numpy(), np.asarray(small.groups)
+
+    def groups_per_episode(trainer: Trainer) -> set[int]:
+        return {len(set(groups[labels[ep[:5]]])) for ep in trainer.val_episodes}  # the 5 supports' classes
+    assert groups_per_episode(fine) == {1} and max(groups_per_episode(rand)) > 1
+    scored = evaluate_episodes(fine.model, fine.data, fine.val_episodes, 5, 1)
+    assert fine.validate(fine.model)[0] == pytest.approx(scored.mean())
+    assert fine.validate(fine.model)[0] != pytest.approx(rand.validate(fine.model)[0])
+    alone = copy.copy(small)
+    alone.groups = list(small.class_names)  # every class its own group
+    with pytest.raises(ConfigError, match="no group of the val split has 5 classes.*train.val_fine_grained=false"):
+        Trainer(fast_cfg(**{"train.val_fine_grained": True}), alone)
+
+
 def test_an_srl_relating_fewer_queries_sees_the_sub_episode_of_each_classs_first_queries(small, fast_cfg):
     """``distill.srl.queries=2`` relates the supports and each class's first two queries: the terms of episodes
     drawn with two queries, from a second forward over those samples only (on the clean view)."""

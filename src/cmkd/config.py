@@ -132,6 +132,9 @@ class TrainConfig:
     val_every: int = setting(100, "episodes between validations (and checkpoints)", low=1, high=10**9)
     val_episodes: int = setting(200, "fixed val episodes scored at each validation", low=1, high=100000)
     val_query: int = setting(15, "queries per class in the val episodes", low=1, high=1000)
+    val_fine_grained: bool = setting(False, "draw the val episodes fine-grained (all classes from one group), as "
+                                     "fine-grained benchmarks report; they then pick the best checkpoint and decide "
+                                     "train.budget=plateau and distill.while_teacher_leads")
     tensorboard: bool = setting(False, "also log to <run>/tensorboard (needs the tensorboard package)",
                                 resume="free")
     channels_last: bool = setting(True, "channels-last memory format (measured faster for Conv-4 on CPUs)")

@@ -72,7 +72,7 @@ class Trainer:
         self.forward = torch.compile(self.forward) if cfg.train.compile else self.forward
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.schedule = EpisodeSchedule(cfg, dataset, self.ranks)
-        self.val_setting = EpisodeSetting(e.way, e.shot, cfg.train.val_query, False)
+        self.val_setting = EpisodeSetting(e.way, e.shot, cfg.train.val_query, cfg.train.val_fine_grained)
         self.val_episodes = episode_list(self.data, "val", self.val_setting, cfg.train.val_episodes,
                                          seed_for(cfg.train.seed, "validation"))
         self.optimizer = build_optimizer(cfg.train, [*self.model.parameters(),
