@@ -58,7 +58,8 @@ def local_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     smaller = labels.unsqueeze(-1) > labels.unsqueeze(-2)
     return (smaller & first.unsqueeze(-2)).sum(-1), first.sum(-1)
 
-RANDOM = ("draw random episodes (train.fine_grained_share=0 for training, train.val_fine_grained=false for "
+
+_RANDOM_INSTEAD = ("draw random episodes (train.fine_grained_share=0 for training, train.val_fine_grained=false for "
           "validation, cmkd evaluate without --fine-grained)")
 
 
@@ -97,14 +98,15 @@ class EpisodeSampler:
         self.group_classes: list[np.ndarray] = []
         if fine_grained:
             if groups is None:
-                raise ConfigError(f"fine-grained episodes need class groups and this dataset has none; {RANDOM}")
+                raise ConfigError(f"fine-grained episodes need class groups and this dataset has none; "
+                                  f"{_RANDOM_INSTEAD}")
             by_group: dict[str, list[int]] = {}
             for c in self.classes:
                 by_group.setdefault(groups[c], []).append(int(c))
             self.group_classes = [np.array(v) for _, v in sorted(by_group.items()) if len(v) >= way]
             if not self.group_classes:
                 raise ConfigError(f"no group of the {split} split has {way} classes for fine-grained "
-                                 f"{way}-way episodes; lower way or {RANDOM}")
+                                 f"{way}-way episodes; lower way or {_RANDOM_INSTEAD}")
 
     def sample(self, rng: np.random.Generator) -> Episode:
         if self.fine_grained:
