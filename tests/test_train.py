@@ -283,9 +283,9 @@ def test_val_fine_grained_validates_on_episodes_from_one_group(small, fast_cfg):
     def groups_per_episode(trainer: Trainer) -> set[int]:
         return {len(set(groups[labels[ep[:5]]])) for ep in trainer.val_episodes}  # the 5 supports' classes
     assert groups_per_episode(fine) == {1} and max(groups_per_episode(rand)) > 1
-    scored = evaluate_episodes(fine.model, fine.data, fine.val_episodes, 5, 1)
-    assert fine.validate(fine.model)[0] == pytest.approx(scored.mean())
-    assert fine.validate(fine.model)[0] != pytest.approx(rand.validate(fine.model)[0])
+    scored, validated = evaluate_episodes(fine.model, fine.data, fine.val_episodes, 5, 1), fine.validate(fine.model)[0]
+    assert validated == pytest.approx(scored.mean())
+    assert validated != pytest.approx(rand.validate(fine.model)[0])
     alone = copy.copy(small)
     alone.groups = list(small.class_names)  # every class its own group
     with pytest.raises(ConfigError, match="no group of the val split has 5 classes.*train.val_fine_grained=false"):

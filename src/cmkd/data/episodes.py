@@ -60,7 +60,7 @@ def local_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 _RANDOM_INSTEAD = ("draw random episodes (train.fine_grained_share=0 for training, train.val_fine_grained=false for "
-          "validation, cmkd evaluate without --fine-grained)")
+                   "validation, cmkd evaluate without --fine-grained)")
 
 
 class EpisodeSampler:
@@ -98,7 +98,7 @@ class EpisodeSampler:
         self.group_classes: list[np.ndarray] = []
         if fine_grained:
             if groups is None:
-                raise ConfigError(f"fine-grained episodes need class groups and this dataset has none; "
+                raise ConfigError("fine-grained episodes need class groups and this dataset has none; "
                                   f"{_RANDOM_INSTEAD}")
             by_group: dict[str, list[int]] = {}
             for c in self.classes:
