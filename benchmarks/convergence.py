@@ -246,7 +246,8 @@ def _reference(role: str, budget: int, groups: dict) -> tuple[str, dict] | None:
 
 def compare(args: argparse.Namespace) -> None:
     """``a - b`` for two cells named without their seed (``role_eBUDGET``), paired on the seeds both hold and
-    the same episodes; with ``gap``, the share of ``gap - b`` (a teacher's lead) that ``a - b`` closes."""
+    the same episodes; with ``gap``, the share of ``gap - b`` (a teacher's lead) that ``a - b`` closes. A note
+    names the hosts when the cells trained on more than one: there a seed fixes the episodes, not the weights."""
     groups = _grouped(args.cells)
     by_seed = {key: groups.get(_key(key), {}) for key in (args.a, args.b, *([args.gap] if args.gap else []))}
     if missing := [key for key, found in by_seed.items() if not found]:
@@ -258,6 +259,11 @@ def compare(args: argparse.Namespace) -> None:
         raise SystemExit(f"--gap {args.gap} lacks seeds {lacking}: the lead is measured on the compared seeds")
     print(f"{args.a} - {args.b}: seeds {seeds}; train s {_mean_seconds(by_seed[args.a], seeds):.0f} vs "
           f"{_mean_seconds(by_seed[args.b], seeds):.0f}")
+    hosts = {key: sorted({_host(by_seed[key][s]) for s in seeds}) for key in (args.a, args.b)}
+    if len({h for found in hosts.values() for h in found}) > 1:
+        print(f"note: {args.a} ran on {' + '.join(hosts[args.a])}, {args.b} on {' + '.join(hosts[args.b])}; "
+              "hosts that round differently give one seed other weights, so the pairing holds on seeds and "
+              "episodes only")
     print("| setting | a - b | p | per seed |" + (" share of the gap |" if args.gap else ""))
     print("|---|---|---|---|" + ("---|" if args.gap else ""))
     rows = []
@@ -276,7 +282,13 @@ def compare(args: argparse.Namespace) -> None:
         print(line)
     if args.out:
         write_atomic(args.out, json.dumps({"a": args.a, "b": args.b, "gap": args.gap, "seeds": seeds,
-                                           "rows": rows}, indent=1), sync=False)
+                                           "hosts": hosts, "rows": rows}, indent=1), sync=False)
+
+
+def _host(cell: dict) -> str:
+    """Where a cell trained: its device and torch's CPU capability ('unrecorded' before cells kept it)."""
+    found = cell.get("provenance")
+    return f"{found['device']} {found.get('cpu_capability', '')}".strip() if found else "unrecorded"
 
 
 def _mean_seconds(by_seed: dict[int, dict], seeds: list[int]) -> float:

@@ -111,6 +111,30 @@ def test_compare_pairs_two_cells_on_their_common_seeds_and_measures_the_share_of
         convergence.compare(argparse.Namespace(**{**vars(args), "gap": "teacher_e9"}))
 
 
+def test_compare_names_the_hosts_when_the_cells_trained_on_more_than_one(tmp_path, capsys):
+    """Hosts whose kernels round differently give one seed other weights: a comparison across them is paired on
+    seeds and episodes only, and says so; cells from one host get no note."""
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for seed in (0, 1):
+        for name, capability in (("image_none", "AVX2"), ("image_srl_t9", "AVX512"), ("image_kd_t9", "AVX512")):
+            _cell(cells, f"{name}_e100_s{seed}", 0.5, {})
+            path = cells / f"{name}_e100_s{seed}.json"
+            record = json.loads(path.read_text())
+            path.write_text(json.dumps({**record, "provenance": {"device": "EPYC", "cpu_capability": capability}}))
+    _cell(cells, "image_lsl_t9_e100_s0", 0.5, {})  # from before cells kept their provenance
+    args = argparse.Namespace(cells=cells, a="image_srl_t9_e100", b="image_none_e100", gap=None,
+                              out=tmp_path / "cmp.json")
+    convergence.compare(args)
+    assert "image_srl_t9_e100 ran on EPYC AVX512, image_none_e100 on EPYC AVX2" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cmp.json").read_text())["hosts"] == {
+        "image_srl_t9_e100": ["EPYC AVX512"], "image_none_e100": ["EPYC AVX2"]}
+    convergence.compare(argparse.Namespace(**{**vars(args), "b": "image_kd_t9_e100"}))
+    assert "note:" not in capsys.readouterr().out
+    convergence.compare(argparse.Namespace(**{**vars(args), "b": "image_lsl_t9_e100"}))
+    assert "image_lsl_t9_e100 on unrecorded" in capsys.readouterr().out
+
+
 def test_a_retrained_teacher_that_differs_from_its_stored_cell_is_named(tmp_path, capsys):
     """A teacher retrained on another host rounds differently: the grid says so, with the first differing step,
     instead of silently teaching new students with other weights than the stored students had."""
