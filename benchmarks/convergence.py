@@ -315,7 +315,7 @@ def plot(out: dict, path: Path, settings: list[str], roles: list[str] | None = N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings) + 3.0, 4.0), squeeze=False)  # + the legend
     known = sorted({r["run"] for r in out["rows"]})
     if unknown := sorted(set(roles or []) - set(known)):
         raise SystemExit(f"--plot-roles: no cells for {unknown}; the runs are {known}")
@@ -330,8 +330,9 @@ def plot(out: dict, path: Path, settings: list[str], roles: list[str] | None = N
             ax.errorbar(x, y, yerr=ci, marker="o", ms=4, capsize=3, label=f"{role} ({_seed_counts(rows)})")
         ax.set_xscale("log", base=2)
         budgets = sorted({r["episodes"] for r in out["rows"] if r["run"] in roles})
-        # long grids (past 7 budgets): slanted labels, so that 153,600 and 307,200 do not overlap
-        ax.set_xticks(budgets, [f"{b:,}" for b in budgets], rotation=30 if len(budgets) > 7 else 0)
+        # long grids (past 7 budgets): short slanted labels (19.2k), so that neighbours do not overlap
+        labels = [f"{b / 1000:g}k" if len(budgets) > 7 and b >= 1000 else f"{b:,}" for b in budgets]
+        ax.set_xticks(budgets, labels, rotation=30 if len(budgets) > 7 else 0)
         ax.minorticks_off()
         ax.set_xlabel("training episodes")
         ax.set_ylabel("accuracy (%)")
@@ -340,7 +341,11 @@ def plot(out: dict, path: Path, settings: list[str], roles: list[str] | None = N
     axes[0][-1].legend(fontsize=7, title="bars: 95% interval over seeds and episodes", title_fontsize=7,
                        loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the axes, never over a curve
     fig.tight_layout()
-    write_atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=120, format="png"), sync=False)  # never through a link
+
+    def save(tmp: Path) -> None:  # the canvas grows to hold the legend beside the axes
+        fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
+
+    write_atomic(Path(path), save, sync=False)  # never through a link
     plt.close(fig)
 
 
