@@ -23,6 +23,7 @@ from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.models import inputs
 from cmkd.train import distiller, loop
 from cmkd.train.distiller import embed_teacher as real_embed_teacher
+from cmkd.train.logs import RunningMeans
 from cmkd.train.loop import Trainer
 from conftest import subset
 
@@ -272,6 +273,39 @@ def test_while_teacher_leads_distils_only_after_validations_the_teacher_led(smal
     assert len(calls) == 1  # the teacher was scored once
     turns = [r.getMessage().split(": ")[-1] for r in caplog.records if r.getMessage().startswith("after")]
     assert turns == ["plain steps", "distilling"]  # the log says when the gate turns, once each time
+
+
+@pytest.mark.parametrize("teacher_val_acc", [0.0, 1.0])
+def test_the_logs_record_the_gates_decisions_and_drop_the_terms_it_stopped(small, fast_cfg, teacher_val_acc):
+    """``distill.while_teacher_leads`` records each validation's decision and the teacher's val accuracy (val lines,
+    history); once it turns to plain steps the train lines and the history no longer show the SRL's terms."""
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
+    gated = Trainer(fast_cfg(**{"name": "g", "distill.while_teacher_leads": True, "train.episodes": 60}), small,
+                    teacher=teacher)
+    gated.distiller.val_acc = teacher_val_acc  # a teacher every validation finds behind (0) or ahead of (1) its student
+    history = gated.fit(progress=False, read_every=5)
+    lines = [json.loads(line) for line in (gated.run_dir / "metrics.jsonl").read_text().splitlines()]
+    leads, val = teacher_val_acc == 1.0, [v for v in lines if v["kind"] == "val"]
+    assert [(v["distilling"], v["teacher_val_acc"]) for v in val] == [(leads, teacher_val_acc)] * 3
+    assert [(h["distilling"], h["teacher_val_acc"]) for h in history] == [(leads, teacher_val_acc)] * 3
+    train = [v for v in lines if v["kind"] == "train"]
+    assert [v["step"] for v in train] == list(range(5, 61, 5))
+    assert all("srl_rel" in v for v in train if v["step"] <= 20)  # every step distils until the first validation
+    assert all(("srl_rel" in v) == leads for v in train if v["step"] > 20)
+    assert ["srl_rel" in h for h in history] == [True, leads, leads]
+    ungated = Trainer(fast_cfg(**{"name": "u", "train.episodes": 20}), small, teacher=teacher)
+    assert "distilling" not in ungated.fit(progress=False)[0]
+
+
+def test_running_means_continue_each_terms_mean_and_show_only_the_terms_just_produced():
+    """The train lines' running losses: an exponential mean per term (weight 0.1 per step), shown while fresh."""
+    running = RunningMeans()
+    running.update([{"a": 1.0, "b": 2.0}, {"a": 3.0}])
+    assert running.current() == pytest.approx({"a": 1.2, "b": 2.0})
+    running.update([{"a": 5.0}])
+    assert running.current() == pytest.approx({"a": 1.58})  # b produced nothing since the last read
+    running.update([{"b": 4.0}])
+    assert running.current() == pytest.approx({"b": 2.2})  # its mean goes on from where it stopped
 
 
 def test_val_fine_grained_validates_on_episodes_from_one_group(small, fast_cfg):

@@ -85,6 +85,13 @@ class Distiller:
             self._leading = leads
         return leads
 
+    def gate(self, history: list[dict], validate: Callable[[FewShotModel], tuple[float, float]]) -> dict:
+        """What a validation's record adds under ``distill.while_teacher_leads``: whether the next steps distil and
+        the teacher's val accuracy they were judged against (nothing without the gate)."""
+        if not self.cfg.distill.while_teacher_leads:
+            return {}
+        return {"distilling": self.leads(history, validate), "teacher_val_acc": self.val_acc}
+
     @property
     def live(self) -> FewShotModel | None:
         """The teacher when it embeds each step's own inputs (no cache)."""

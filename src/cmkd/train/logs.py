@@ -52,6 +52,26 @@ class RunLog:
             self._tb.close()
 
 
+class RunningMeans:
+    """The running losses of the train lines and the history: per term, an exponential mean (weight 0.1 per step)
+    over the steps that produced it. :meth:`current` shows only the terms some step since the last :meth:`update`
+    produced, so a term that stopped (the distillation's, once ``distill.while_teacher_leads`` turns) is not
+    carried on as a stale number."""
+
+    def __init__(self) -> None:
+        self._means: dict[str, float] = {}
+        self._fresh: set[str] = set()
+
+    def update(self, rows: list[dict[str, float]]) -> None:
+        self._fresh = {k for row in rows for k in row}
+        for row in rows:
+            for k, v in row.items():
+                self._means[k] = 0.9 * self._means.get(k, v) + 0.1 * v
+
+    def current(self) -> dict[str, float]:
+        return {k: v for k, v in self._means.items() if k in self._fresh}
+
+
 def _step_of(line: str) -> float:
     try:
         return json.loads(line)["step"]

@@ -28,7 +28,7 @@ from cmkd.registry import METHODS
 from cmkd.runtime import forked_rng, provenance, resolve_precision, rng_state, seed_for
 from cmkd.train.distiller import Distiller
 from cmkd.train.forward import EpisodeForward, data_parallel
-from cmkd.train.logs import RunLog, read_logs
+from cmkd.train.logs import RunLog, RunningMeans, read_logs
 from cmkd.train.lsl import LanguageShaping
 from cmkd.train.optim import build_optimizer, lr_factor, optimizer_step, set_lr
 from cmkd.train.pretrain import pretrain
@@ -174,7 +174,7 @@ class Trainer:
         val_steps = max(1, cfg.train.val_every // (cfg.train.episodes_per_step * self.ranks.world))
         bar = tqdm(total=sched.steps, initial=p.step, desc=desc or cfg.name, disable=not progress,
                    unit="step", dynamic_ncols=True, leave=True)
-        running: dict[str, float] = {}
+        running = RunningMeans()
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         start = time.perf_counter() - (p.history[-1]["seconds"] if p.history else 0.0)  # summed over resumes
         while p.step < sched.steps:
@@ -183,18 +183,18 @@ class Trainer:
             bar.update(1)
             validate = p.step % val_steps == 0 or p.step == sched.steps
             if validate or len(pending) >= read_every:
-                for logs in read_logs(pending, self.run_dir, sched.episodes):
-                    for k, v in logs.items():
-                        running[k] = 0.9 * running.get(k, v) + 0.1 * v
-                pending = []
+                running.update(read_logs(pending, self.run_dir, sched.episodes))
+                pending, means = [], running.current()
                 if runlog is not None:
-                    runlog.write("train", p.step, {k: round(v, 5) for k, v in running.items()})
+                    runlog.write("train", p.step, {k: round(v, 5) for k, v in means.items()})
             if validate:
                 acc, ci = self.validate(self.model)
-                improved = p.record(acc, ci, sched.episodes(p.step), running, time.perf_counter() - start)
+                improved = p.record(acc, ci, sched.episodes(p.step), means, time.perf_counter() - start)
+                gate = self.distiller.gate(self.history, self.validate) if self.distiller is not None else {}
+                p.history[-1].update(gate)  # the run folder records when distill.while_teacher_leads turns
                 if runlog is not None:
-                    runlog.write("val", p.step, {"val_acc": acc, "val_ci95": ci, "best_val_acc": p.best_acc})
+                    runlog.write("val", p.step, {"val_acc": acc, "val_ci95": ci, "best_val_acc": p.best_acc, **gate})
                 self.state.save(best=improved)
-                bar.set_postfix(loss=f"{running['loss']:.3f}", val=f"{100 * acc:.1f}", best=f"{100 * p.best_acc:.1f}")
+                bar.set_postfix(loss=f"{means['loss']:.3f}", val=f"{100 * acc:.1f}", best=f"{100 * p.best_acc:.1f}")
         bar.close()
 
