@@ -104,10 +104,9 @@ class Grid:
         now = [(h["step"], h["val_acc"]) for h in trainer.history if "val_acc" in h]
         if then != now:
             step, a, b = next(((s, x, y) for (s, x), (_, y) in zip(then, now) if x != y), (None, None, None))
-            host, here = stored.get("provenance", {}).get("device", "an earlier host"), provenance()
-            print(f"warning: retrained {name} differs from its stored cell ({host})"
+            print(f"warning: retrained {name} differs from its stored cell ({_host(stored)})"
                   + (f" from step {step} (val {100 * a:.2f} stored, {100 * b:.2f} now)" if step else "")
-                  + f"; this host ({here['device']}, {here['cpu_capability']}) rounds "
+                  + f"; this host ({_host({'provenance': provenance()})}) rounds "
                   "differently, and new students learn from the retrained teacher", flush=True)
 
     def _score(self, name: str, trainer: Trainer, cfg, seconds: float, resumed: bool) -> None:

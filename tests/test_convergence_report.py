@@ -139,7 +139,8 @@ def test_a_retrained_teacher_that_differs_from_its_stored_cell_is_named(tmp_path
     """A teacher retrained on another host rounds differently: the grid says so, with the first differing step,
     instead of silently teaching new students with other weights than the stored students had."""
     history = [{"step": 800, "val_acc": 0.95}, {"step": 1600, "val_acc": 0.97}]
-    stored = {"cell": "teacher_e1600_s1", "history": history, "provenance": {"device": "Old CPU (2 cores)"}}
+    stored = {"cell": "teacher_e1600_s1", "history": history, "provenance": {"device": "Old CPU (2 cores)",
+                                                                           "cpu_capability": "AVX2"}}
     (tmp_path / "teacher_e1600_s1.json").write_text(json.dumps(stored))
     grid = argparse.Namespace(cells=tmp_path)
     same = argparse.Namespace(history=[dict(h) for h in history])
@@ -148,7 +149,7 @@ def test_a_retrained_teacher_that_differs_from_its_stored_cell_is_named(tmp_path
     other = argparse.Namespace(history=[history[0], {"step": 1600, "val_acc": 0.96}])
     convergence.Grid._check_retrained(grid, "teacher_e1600_s1", other)
     out = capsys.readouterr().out
-    assert "retrained teacher_e1600_s1 differs from its stored cell (Old CPU (2 cores)) from step 1600" in out
+    assert "retrained teacher_e1600_s1 differs from its stored cell (Old CPU (2 cores) AVX2) from step 1600" in out
     assert "val 97.00 stored, 96.00 now" in out
 
 
