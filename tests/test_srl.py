@@ -126,7 +126,7 @@ def test_distilling_every_nth_step_keeps_the_mean_weight():
     cfg.distill.every = 4
     objective = Objective.build(cfg, "ce", False, False, SpatialRelation(cfg.distill))
     v = {"ce": torch.tensor(0.0), "srl_rel": torch.tensor(1.0), "srl_dist": torch.tensor(0.0)}
-    per_step = [objective(v, step, 100).item() if objective.distills_at(step) else 0.0 for step in range(100)]
+    per_step = [objective(v, step, 100).item() if objective.distills_at(step, 100) else 0.0 for step in range(100)]
     assert per_step[:5] == [16.0, 0.0, 0.0, 0.0, 16.0] and sum(per_step) / 100 == cfg.distill.weight == 4.0
 
 

@@ -179,7 +179,7 @@ def test_distilling_every_third_step_triples_the_weight_and_leaves_the_other_ste
                       "train.val_every": 12})
     student = Trainer(cfg, small, teacher=teacher)
     assert str(student.objective) == "loss = ce + 12·(srl_rel + srl_dist) (every 3 steps)"
-    assert [student.objective.distills_at(s) for s in range(6)] == [True, False, False, True, False, False]
+    assert [student.objective.distills_at(s, 12) for s in range(6)] == [True, False, False, True, False, False]
     first, second = student.train_step(0), student.train_step(1)
     assert torch.allclose(first["loss"], first["ce"] + 12 * (first["srl_rel"] + first["srl_dist"]))
     assert set(second) == {"ce", "loss", "acc"} and torch.equal(second["loss"], second["ce"])
@@ -273,6 +273,26 @@ def test_while_teacher_leads_distils_only_after_validations_the_teacher_led(smal
     assert len(calls) == 1  # the teacher was scored once
     turns = [r.getMessage().split(": ")[-1] for r in caplog.records if r.getMessage().startswith("after")]
     assert turns == ["plain steps", "distilling"]  # the log says when the gate turns, once each time
+
+
+def test_distilling_until_a_share_of_training_leaves_the_later_steps_the_plain_students(small, fast_cfg):
+    """``distill.until=0.5``: the first half of the steps distil as by default, the second half are the plain
+    student's steps bit for bit (its loss, logs and update)."""
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
+    flags = {"train.episodes": 8, "train.val_every": 8}
+    early = Trainer(fast_cfg(**{**flags, "name": "u", "distill.until": 0.5}), small, teacher=teacher)
+    always = Trainer(fast_cfg(**{**flags, "name": "a"}), small, teacher=teacher)
+    plain = Trainer(fast_cfg(**{**flags, "name": "p"}), small)
+    assert str(early.objective) == "loss = ce + 4·(srl_rel + srl_dist) (the first 0.5 of the steps)"
+    assert [early.objective.distills_at(s, 8) for s in range(8)] == [True] * 4 + [False] * 4
+    first, reference = early.train_step(0), always.train_step(0)
+    assert "srl_rel" in first and all(torch.equal(first[k], reference[k]) for k in reference)
+    plain.model.load_state_dict(early.model.state_dict())
+    plain.optimizer.load_state_dict(copy.deepcopy(early.optimizer.state_dict()))
+    logs, plain_logs = early.train_step(4), plain.train_step(4)
+    assert set(logs) == {"ce", "loss", "acc"} and all(torch.equal(logs[k], plain_logs[k]) for k in logs)
+    assert all(torch.equal(a, b) for a, b in zip(early.model.parameters(), plain.model.parameters(), strict=True))
+    assert "srl_rel" in always.train_step(4)
 
 
 @pytest.mark.parametrize("teacher_val_acc", [0.0, 1.0])

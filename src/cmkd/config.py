@@ -203,6 +203,9 @@ class DistillConfig:
                             read_when=DISTILLING)
     warmup: float = setting(0.0, "share of training over which lambda ramps up linearly from 0", low=0, high=1,
                             read_when=DISTILLING)
+    until: float = setting(1.0, "share of training after which the student trains alone (lambda 0): distil early, "
+                           "let the student fit its own labels late (1: distil to the end)", low=0, high=1, above=True,
+                           read_when=DISTILLING)
     every: int = setting(1, "distil on every N-th step only, with N times the weight: the same expected gradient "
                          "for 1/N of the distillation's cost (the SRL's clean view is a second student forward)",
                          low=1, high=10**6, read_when=DISTILLING)

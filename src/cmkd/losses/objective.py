@@ -49,7 +49,8 @@ class Objective:
     ``extra`` the training-only terms (late-fusion branch losses, LSL); ``distill`` the terms of the
     distillation method, weighted by ``weight`` (lambda) after a linear warm-up over ``warmup`` of
     the steps. With ``every`` = N the distillation terms enter on every N-th step only, N times as
-    heavily (the same gradient in expectation; :meth:`distills_at` says which steps).
+    heavily (the same gradient in expectation), and not after the first ``until`` of the steps (a
+    student that trains alone late; :meth:`distills_at` says which steps).
     """
 
     model: tuple[Term, ...]
@@ -58,6 +59,7 @@ class Objective:
     weight: float = 0.0
     warmup: float = 0.0
     every: int = 1
+    until: float = 1.0
 
     @classmethod
     def build(cls, cfg: Config, head_loss: str, regularised: bool, branches: bool,
@@ -76,7 +78,7 @@ class Objective:
         if method is None:
             return cls(tuple(model), tuple(extra))
         return cls(tuple(model), tuple(extra), method.terms, cfg.distill.weight, cfg.distill.warmup,
-                   cfg.distill.every)
+                   cfg.distill.every, cfg.distill.until)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -86,9 +88,9 @@ class Objective:
         """The model's own episode loss (what each late-fusion branch is trained on too)."""
         return weighted_sum(values, self.model)
 
-    def distills_at(self, step: int) -> bool:
-        """Whether the distillation terms are part of the loss at ``step``."""
-        return bool(self.distill) and step % self.every == 0
+    def distills_at(self, step: int, steps: int) -> bool:
+        """Whether the distillation terms are part of the loss at ``step`` of ``steps``."""
+        return bool(self.distill) and step % self.every == 0 and step < self.until * steps
 
     def ramp(self, step: int, steps: int) -> float:
         """Lambda's warm-up factor at ``step`` of ``steps``."""
@@ -98,7 +100,7 @@ class Objective:
                  distil: bool = True) -> torch.Tensor:
         """The loss of ``step`` of ``steps``; ``distil`` False leaves the distillation terms out of any step."""
         total = weighted_sum(values, (*self.model, *self.extra))
-        if distil and self.distills_at(step):
+        if distil and self.distills_at(step, steps):
             total = total + self.ramp(step, steps) * self.weight * self.every * weighted_sum(values, self.distill)
         return total
 
@@ -106,6 +108,8 @@ class Objective:
         text = "loss = " + _text((*self.model, *self.extra))
         if self.distill:
             ramp = f"·ramp(t, {self.warmup:g})" if self.warmup > 0 else ""
-            every = f" (every {self.every} steps)" if self.every > 1 else ""
-            text += f" + {self.weight * self.every:g}{ramp}·({_text(self.distill)}){every}"
+            when = [f"every {self.every} steps"] * (self.every > 1) + [f"the first {self.until:g} of the steps"] * (
+                self.until < 1)
+            text += f" + {self.weight * self.every:g}{ramp}·({_text(self.distill)})" + (
+                f" ({', '.join(when)})" if when else "")
         return text

@@ -114,7 +114,7 @@ class Trainer:
         flat = self.data.upload(rows)
         live = self.distiller.live if self.distiller is not None else None
         needs_images = self.model.uses_image or (live is not None and live.uses_image)
-        distiller = self.distiller if self.distilling and self.objective.distills_at(step) else None
+        distiller = self.distiller if self.distilling and self.objective.distills_at(step, sched.steps) else None
         augment = cfg.data.augment and not (distiller is not None and cfg.distill.clean_steps)  # clean steps
         images = self.data.images_for(rows, augment, gen, cfg.data.hflip) if needs_images else None
         if needs_images and step + 1 < sched.steps:
