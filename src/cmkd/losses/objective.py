@@ -108,8 +108,9 @@ class Objective:
         text = "loss = " + _text((*self.model, *self.extra))
         if self.distill:
             ramp = f"·ramp(t, {self.warmup:g})" if self.warmup > 0 else ""
-            when = [f"every {self.every} steps"] * (self.every > 1) + [f"the first {self.until:g} of the steps"] * (
-                self.until < 1)
-            text += f" + {self.weight * self.every:g}{ramp}·({_text(self.distill)})" + (
-                f" ({', '.join(when)})" if when else "")
+            when = [f"every {self.every} steps"] if self.every > 1 else []
+            if self.until < 1:
+                when.append(f"the first {self.until:g} of the steps")
+            suffix = f" ({', '.join(when)})" if when else ""
+            text += f" + {self.weight * self.every:g}{ramp}·({_text(self.distill)}){suffix}"
         return text
