@@ -14,6 +14,10 @@ whose JSON exists is skipped; an interrupted one resumes from its run folder's l
     .venv/bin/python benchmarks/convergence.py compare text_srl_t9600_e4800 text_none_e4800 \\
         --gap teacher_e9600    # any two cells, paired on their common seeds; the share of a teacher's lead
 
+On Linux with ``kernel.sched_autogroup_enabled=1`` (most desktops), ``nice`` only orders processes of one
+session: a grid started with ``setsid`` or from another terminal competes as an equal. To let one grid yield
+to another, set its session's weight too: ``echo 19 > /proc/PID/autogroup``.
+
 A distilled student of seed ``s`` learns from the teacher cell of seed ``s`` at
 ``--teacher-episodes`` (trained first if missing; processes started together for students of one
 teacher take turns on it). Students and teachers share the shipped
