@@ -330,7 +330,9 @@ def plot(out: dict, path: Path, settings: list[str], roles: list[str] | None = N
             x = [r["episodes"] * dodge for r in rows]
             y = [100 * r["accuracy"][label]["mean"] for r in rows]
             ci = [100 * r["accuracy"][label]["ci95"] for r in rows]
-            ax.errorbar(x, y, yerr=ci, marker="o", ms=4, capsize=3, label=f"{role} ({_seed_counts(rows)})")
+            cycle = i // 10  # past matplotlib's 10 colours, a new marker and line style keep every run distinct
+            ax.errorbar(x, y, yerr=ci, color=f"C{i % 10}", marker="os^Dv"[cycle % 5], ls=("-", "--", ":")[cycle % 3],
+                        ms=4, capsize=3, label=f"{role} ({_seed_counts(rows)})")
         ax.set_xscale("log", base=2)
         budgets = sorted({r["episodes"] for r in out["rows"] if r["run"] in roles})
         # long grids (past 7 budgets): short slanted labels (19.2k), so that neighbours do not overlap
