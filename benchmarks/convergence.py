@@ -312,6 +312,13 @@ def _seed_counts(rows: list[dict]) -> str:
     return "; ".join([f"{most} seed{'s' if most > 1 else ''}", *fewer])
 
 
+def _style(i: int) -> dict[str, str]:
+    """Colour, marker and line style of the ``i``-th run: past matplotlib's 10 colours a new marker and line style
+    keep every run distinct (150 runs before a look repeats)."""
+    cycle = i // 10
+    return {"color": f"C{i % 10}", "marker": "os^Dv"[cycle % 5], "ls": ("-", "--", ":")[cycle % 3]}
+
+
 def plot(out: dict, path: Path, settings: list[str], roles: list[str] | None = None) -> None:
     import matplotlib
 
@@ -330,9 +337,7 @@ def plot(out: dict, path: Path, settings: list[str], roles: list[str] | None = N
             x = [r["episodes"] * dodge for r in rows]
             y = [100 * r["accuracy"][label]["mean"] for r in rows]
             ci = [100 * r["accuracy"][label]["ci95"] for r in rows]
-            cycle = i // 10  # past matplotlib's 10 colours, a new marker and line style keep every run distinct
-            ax.errorbar(x, y, yerr=ci, color=f"C{i % 10}", marker="os^Dv"[cycle % 5], ls=("-", "--", ":")[cycle % 3],
-                        ms=4, capsize=3, label=f"{role} ({_seed_counts(rows)})")
+            ax.errorbar(x, y, yerr=ci, **_style(i), ms=4, capsize=3, label=f"{role} ({_seed_counts(rows)})")
         ax.set_xscale("log", base=2)
         budgets = sorted({r["episodes"] for r in out["rows"] if r["run"] in roles})
         # long grids (past 7 budgets): short slanted labels (19.2k), so that neighbours do not overlap

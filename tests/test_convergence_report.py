@@ -65,6 +65,13 @@ def test_seed_counts_name_the_thin_budgets():
     assert convergence._seed_counts(rows[1:]) == "1 seed"
 
 
+def test_every_run_of_a_long_grid_gets_its_own_look():
+    looks = [tuple(sorted(convergence._style(i).items())) for i in range(150)]
+    assert len(set(looks)) == 150
+    assert convergence._style(0) == {"color": "C0", "marker": "o", "ls": "-"}  # short grids keep the default look
+    assert convergence._style(10)["color"] == "C0" and convergence._style(10)["marker"] != "o"
+
+
 def test_plot_refuses_unknown_roles(tmp_path):
     out = {"rows": [{"run": "image_none", "episodes": 100, "seeds": [0],
                      "accuracy": {"val 1-shot FG": {"mean": 0.5, "ci95": 0.0}}}]}

@@ -112,6 +112,10 @@ def test_objective_sums_named_terms_in_one_place_and_prints_as_one_line():
     cfg.model.feat_reg, cfg.lsl.weight, cfg.distill.weight, cfg.distill.warmup = 0.1, 5.0, 4.0, 0.5
     objective = Objective.build(cfg, "ce", True, False, SpatialRelation(cfg.distill))
     assert str(objective) == "loss = ce + 0.1·feat_reg + 5·lsl + 4·ramp(t, 0.5)·(srl_rel + srl_dist)"
+    cfg.distill.every, cfg.distill.until = 2, 0.5
+    both = Objective.build(cfg, "ce", True, False, SpatialRelation(cfg.distill))
+    assert str(both) == ("loss = ce + 0.1·feat_reg + 5·lsl + 8·ramp(t, 0.5)·(srl_rel + srl_dist)"
+                         " (every 2 steps, the first 0.5 of the steps)")
     v = {"ce": torch.tensor(1.0), "feat_reg": torch.tensor(2.0), "lsl": torch.tensor(3.0),
          "srl_rel": torch.tensor(0.5), "srl_dist": torch.tensor(0.25)}
     # step 10 of 100 with a warm-up over half the steps: ramp = 10 / 50
