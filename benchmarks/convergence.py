@@ -283,9 +283,24 @@ def compare(args: argparse.Namespace) -> None:
             line += f" {100 * d.mean / lead:.0f}% of {100 * lead:+.2f} |" if lead > 0 else " (no lead) |"
         rows.append(row)
         print(line)
+    curve = _val_curve(by_seed[args.a], by_seed[args.b], seeds)
+    if curve:
+        print("runs' own validation, a - b (mean over seeds): "
+              + ", ".join(f"{episodes:,} {100 * d:+.2f}" for episodes, d in curve))
     if args.out:
         write_atomic(args.out, json.dumps({"a": args.a, "b": args.b, "gap": args.gap, "seeds": seeds,
-                                           "hosts": hosts, "rows": rows}, indent=1), sync=False)
+                                           "hosts": hosts, "rows": rows, "val_curve": curve}, indent=1),
+                     sync=False)
+
+
+def _val_curve(a: dict[int, dict], b: dict[int, dict], seeds: list[int]) -> list[tuple[int, float]]:
+    """The two runs' own validations (their ``history``) as ``(episodes, mean over seeds of a - b)`` at the
+    steps every seed of both validated: when a difference appears during training and whether it stays."""
+    def curves(by_seed: dict[int, dict]) -> list[dict[int, float]]:
+        return [{h["step"]: h["val_acc"] for h in by_seed[s].get("history", []) if "val_acc" in h} for s in seeds]
+    ca, cb = curves(a), curves(b)
+    steps = sorted(set.intersection(*(set(c) for c in ca + cb)))
+    return [(step, float(np.mean([x[step] - y[step] for x, y in zip(ca, cb)]))) for step in steps]
 
 
 def _host(cell: dict) -> str:

@@ -108,7 +108,10 @@ def test_compare_pairs_two_cells_on_their_common_seeds_and_measures_the_share_of
     assert row["per_seed"] == pytest.approx([0.12, 0.14])
     assert row["mean"] == pytest.approx(0.13)
     assert row["gap"] == pytest.approx(0.40)  # the teacher's lead over the student alone
-    assert "32% of +40.00" in capsys.readouterr().out  # 0.13 of 0.40
+    printed = capsys.readouterr().out
+    assert "32% of +40.00" in printed  # 0.13 of 0.40
+    assert out["val_curve"] == []  # hand-made cells without a history: no curve, no line
+    assert "runs' own validation" not in printed
     with pytest.raises(SystemExit, match="text_kd_t50_e100"):
         convergence.compare(argparse.Namespace(**{**vars(args), "a": "text_kd_t50_e100"}))
     with pytest.raises(SystemExit, match="role_eBUDGET"):  # a cell named without its budget
@@ -197,3 +200,25 @@ def test_grid_processes_sharing_a_teacher_take_turns_on_its_run_folder(monkeypat
     with pytest.raises(OutputFolderError, match="is a symbolic link"):
         convergence.Grid.teacher(grid, 9600, 2, "lowres8", {})
     assert len(calls) == 1 and "waiting" not in capsys.readouterr().out
+
+
+def test_compare_follows_the_difference_along_the_runs_own_validations(tmp_path, capsys):
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for seed in (0, 1):
+        for name, vals in ((f"image_srl_t9_e300_s{seed}", [0.70, 0.80, 0.90]),
+                           (f"image_none_e300_s{seed}", [0.60 + 0.1 * seed, 0.78, 0.91])):
+            _cell(cells, name, 0.5, {})
+            record = json.loads((cells / f"{name}.json").read_text())
+            record["history"] = [{"step": 100 * (i + 1), "val_acc": v} for i, v in enumerate(vals)]
+            record["history"].insert(1, {"step": 150, "ce": 1.0})  # a training log line: no validation
+            if seed == 1 and "srl" in name:
+                record["history"].pop()  # seed 1 stopped validating early: its last step is left out
+            (cells / f"{name}.json").write_text(json.dumps(record))
+    args = argparse.Namespace(cells=cells, a="image_srl_t9_e300", b="image_none_e300", gap=None,
+                              out=tmp_path / "cmp.json")
+    convergence.compare(args)
+    curve = json.loads((tmp_path / "cmp.json").read_text())["val_curve"]
+    assert [step for step, _ in curve] == [100, 200]
+    assert [d for _, d in curve] == pytest.approx([0.05, 0.02])  # (0.10 + 0.00) / 2, then 0.02 on both seeds
+    assert "runs' own validation, a - b (mean over seeds): 100 +5.00, 200 +2.00" in capsys.readouterr().out
