@@ -104,10 +104,10 @@ class Grid:
         give other weights on a CPU or GPU whose kernels round differently, so new students learn from a
         teacher close to, but not bit-identical with, the one the stored students learnt from."""
         stored = json.loads((self.cells / f"{name}.json").read_text())
-        then = [(h["step"], h["val_acc"]) for h in stored["history"] if "val_acc" in h]
-        now = [(h["step"], h["val_acc"]) for h in trainer.history if "val_acc" in h]
+        then, now = _validations(stored["history"]), _validations(trainer.history)
         if then != now:
-            step, a, b = next(((s, x, y) for (s, x), (_, y) in zip(then, now) if x != y), (None, None, None))
+            step, a, b = next(((s, x, y) for (s, x), (_, y) in zip(then.items(), now.items()) if x != y),
+                              (None, None, None))
             print(f"warning: retrained {name} differs from its stored cell ({_host(stored)})"
                   + (f" from step {step} (val {100 * a:.2f} stored, {100 * b:.2f} now)" if step else "")
                   + f"; this host ({_host({'provenance': provenance()})}) rounds "
@@ -296,11 +296,14 @@ def compare(args: argparse.Namespace) -> None:
 def _val_curve(a: dict[int, dict], b: dict[int, dict], seeds: list[int]) -> list[tuple[int, float]]:
     """The two runs' own validations (their ``history``) as ``(episodes, mean over seeds of a - b)`` at the
     steps every seed of both validated: when a difference appears during training and whether it stays."""
-    def curves(by_seed: dict[int, dict]) -> list[dict[int, float]]:
-        return [{h["step"]: h["val_acc"] for h in by_seed[s].get("history", []) if "val_acc" in h} for s in seeds]
-    ca, cb = curves(a), curves(b)
+    ca, cb = ([_validations(by_seed[s].get("history", [])) for s in seeds] for by_seed in (a, b))
     steps = sorted(set.intersection(*(set(c) for c in ca + cb)))
     return [(step, float(np.mean([x[step] - y[step] for x, y in zip(ca, cb)]))) for step in steps]
+
+
+def _validations(history: list[dict]) -> dict[int, float]:
+    """``step -> val accuracy`` of a run's history (the lines that validated), in training order."""
+    return {h["step"]: h["val_acc"] for h in history if "val_acc" in h}
 
 
 def _host(cell: dict) -> str:
