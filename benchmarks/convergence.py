@@ -13,6 +13,8 @@ whose JSON exists is skipped; an interrupted one resumes from its run folder's l
         --plot benchmarks/results/convergence.png
     .venv/bin/python benchmarks/convergence.py compare text_srl_t9600_e4800 text_none_e4800 \\
         --gap teacher_e9600    # any two cells, paired on their common seeds; the share of a teacher's lead
+    .venv/bin/python benchmarks/convergence.py compare image_srl_t9600_q10_e4800 image_none_q10_e4800 \\
+        --minus image_srl_t9600_e4800 image_none_e4800    # one variant's gain over its student against another's
 
 On Linux with ``kernel.sched_autogroup_enabled=1`` (most desktops), ``nice`` only orders processes of one
 session: a grid started with ``setsid`` or from another terminal competes as an equal. To let one grid yield
@@ -249,29 +251,36 @@ def _reference(role: str, budget: int, groups: dict) -> tuple[str, dict] | None:
 
 def compare(args: argparse.Namespace) -> None:
     """``a - b`` for two cells named without their seed (``role_eBUDGET``), paired on the seeds both hold and
-    the same episodes; with ``gap``, the share of ``gap - b`` (a teacher's lead) that ``a - b`` closes. A note
-    names the hosts when the cells trained on more than one: there a seed fixes the episodes, not the weights."""
+    the same episodes; with ``gap``, the share of ``gap - b`` (a teacher's lead) that ``a - b`` closes; with
+    ``minus`` (cells ``c d``), the difference of two gains ``(a - b) - (c - d)``, each seed's ``a - b`` counted as
+    one run. A note names the hosts when the cells trained on more than one: there a seed fixes the episodes, not
+    the weights."""
+    if args.gap and args.minus:
+        raise SystemExit("--gap and --minus do not combine: the share of a lead is a's over b")
     groups = _grouped(args.cells)
-    by_seed = {key: groups.get(_key(key), {}) for key in (args.a, args.b, *([args.gap] if args.gap else []))}
+    keys = (args.a, args.b, *(args.minus or ()))
+    by_seed = {key: groups.get(_key(key), {}) for key in (*keys, *([args.gap] if args.gap else []))}
     if missing := [key for key, found in by_seed.items() if not found]:
         raise SystemExit(f"no cells named {missing} in {args.cells} (give a cell's name without its _sN)")
-    seeds = sorted(set(by_seed[args.a]) & set(by_seed[args.b]))
+    seeds = sorted(set.intersection(*(set(by_seed[key]) for key in keys)))
     if not seeds:
-        raise SystemExit(f"{args.a} and {args.b} share no training seed")
+        raise SystemExit(f"{' and '.join(keys)} share no training seed")
     if args.gap and (lacking := sorted(set(seeds) - set(by_seed[args.gap]))):
         raise SystemExit(f"--gap {args.gap} lacks seeds {lacking}: the lead is measured on the compared seeds")
-    print(f"{args.a} - {args.b}: seeds {seeds}; train s {_mean_seconds(by_seed[args.a], seeds):.0f} vs "
-          f"{_mean_seconds(by_seed[args.b], seeds):.0f}")
-    hosts = {key: sorted({_host(by_seed[key][s]) for s in seeds}) for key in (args.a, args.b)}
+    title = f"({args.a} - {args.b}) - ({args.minus[0]} - {args.minus[1]})" if args.minus else f"{args.a} - {args.b}"
+    print(f"{title}: seeds {seeds}; train s " + " vs ".join(f"{_mean_seconds(by_seed[k], seeds):.0f}" for k in keys))
+    hosts = {key: sorted({_host(by_seed[key][s]) for s in seeds}) for key in keys}
     if len({h for found in hosts.values() for h in found}) > 1:
-        print(f"note: {args.a} ran on {' + '.join(hosts[args.a])}, {args.b} on {' + '.join(hosts[args.b])}; "
-              "hosts that round differently give one seed other weights, so the pairing holds on seeds and "
-              "episodes only")
+        print("note: " + ", ".join(f"{key}{' ran' if i == 0 else ''} on {' + '.join(hosts[key])}"
+                                   for i, key in enumerate(keys)) + "; hosts that "
+              "round differently give one seed other weights, so the pairing holds on seeds and episodes only")
     print("| setting | a - b | p | per seed |" + (" share of the gap |" if args.gap else ""))
     print("|---|---|---|---|" + ("---|" if args.gap else ""))
     rows = []
     for label in SETTINGS:
-        a, b = (np.array([by_seed[k][s]["per_episode"][label] for s in seeds]) for k in (args.a, args.b))
+        a, b, *cd = (np.array([by_seed[k][s]["per_episode"][label] for s in seeds]) for k in keys)
+        if cd:  # each seed's gain a - b against its gain c - d
+            a, b = a - b, cd[0] - cd[1]
         d = paired_over_seeds(a, b)
         row = {"setting": label, "mean": d.mean, "ci95": d.ci95, "p": d.p,
                "per_seed": [float(x - y) for x, y in zip(a.mean(1), b.mean(1))]}
@@ -283,12 +292,13 @@ def compare(args: argparse.Namespace) -> None:
             line += f" {100 * d.mean / lead:.0f}% of {100 * lead:+.2f} |" if lead > 0 else " (no lead) |"
         rows.append(row)
         print(line)
-    curve = _val_curve(by_seed[args.a], by_seed[args.b], seeds)
+    curve = [] if args.minus else _val_curve(by_seed[args.a], by_seed[args.b], seeds)
     if curve:
         print("runs' own validation, a - b (mean over seeds): "
               + ", ".join(f"{episodes:,} {100 * d:+.2f}" for episodes, d in curve))
     if args.out:
-        write_atomic(args.out, json.dumps({"a": args.a, "b": args.b, "gap": args.gap, "seeds": seeds,
+        write_atomic(args.out, json.dumps({"a": args.a, "b": args.b, "gap": args.gap, "minus": args.minus,
+                                           "seeds": seeds,
                                            "hosts": hosts, "rows": rows, "val_curve": curve}, indent=1),
                      sync=False)
 
@@ -409,6 +419,9 @@ def main() -> None:
     c.add_argument("a")
     c.add_argument("b")
     c.add_argument("--gap", help="a teacher cell (without _sN): print the share of its lead over b that a closes")
+    c.add_argument("--minus", nargs=2, metavar=("C", "D"),
+                   help="print (a - b) - (c - d): how far a's gain over b exceeds c's over d (e.g. one variant's "
+                        "gain over its own student alone against another's)")
     c.add_argument("--cells", type=Path, default=Path("benchmarks/results/convergence"))
     c.add_argument("--out", type=Path)
     args = ap.parse_args()

@@ -99,7 +99,7 @@ def test_compare_pairs_two_cells_on_their_common_seeds_and_measures_the_share_of
         _cell(cells, f"teacher_e50_s{seed}", 0.90, {})
     for seed in (1, 2):  # a cell with fewer seeds: paired on seeds 1 and 2 only
         _cell(cells, f"text_srl_t50_e100_s{seed}", 0.60 + 0.02 * seed, {})
-    args = argparse.Namespace(cells=cells, a="text_srl_t50_e100", b="text_none_e100", gap="teacher_e50",
+    args = argparse.Namespace(cells=cells, a="text_srl_t50_e100", b="text_none_e100", gap="teacher_e50", minus=None,
                               out=tmp_path / "cmp.json")
     convergence.compare(args)
     out = json.loads((tmp_path / "cmp.json").read_text())
@@ -121,6 +121,39 @@ def test_compare_pairs_two_cells_on_their_common_seeds_and_measures_the_share_of
         convergence.compare(argparse.Namespace(**{**vars(args), "gap": "teacher_e9"}))
 
 
+def test_compare_minus_gives_the_difference_of_two_gains_on_the_seeds_all_four_cells_hold(tmp_path, capsys):
+    """``--minus c d``: how far one variant's gain over its own student alone exceeds another's over its own."""
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for seed in (0, 1, 2):
+        _cell(cells, f"image_none_q10_e100_s{seed}", 0.50, {})
+        _cell(cells, f"image_srl_t9_q10_e100_s{seed}", 0.58 + 0.01 * seed, {})
+        _cell(cells, f"image_none_e100_s{seed}", 0.45, {})
+    for seed in (0, 1):  # paired on the seeds all four hold
+        _cell(cells, f"image_srl_t9_e100_s{seed}", 0.55, {})
+    args = argparse.Namespace(cells=cells, a="image_srl_t9_q10_e100", b="image_none_q10_e100", gap=None,
+                              minus=["image_srl_t9_e100", "image_none_e100"], out=tmp_path / "cmp.json")
+    convergence.compare(args)
+    printed = capsys.readouterr().out
+    assert printed.startswith("(image_srl_t9_q10_e100 - image_none_q10_e100) - (image_srl_t9_e100 - image_none_e100): "
+                              "seeds [0, 1]")
+    out = json.loads((tmp_path / "cmp.json").read_text())
+    assert out["minus"] == ["image_srl_t9_e100", "image_none_e100"] and out["seeds"] == [0, 1]
+    row = out["rows"][0]
+    assert row["per_seed"] == pytest.approx([0.08 - 0.10, 0.09 - 0.10])
+    assert row["mean"] == pytest.approx(-0.015)
+    same = argparse.Namespace(**{**vars(args), "minus": ["image_srl_t9_e100", "image_none_q10_e100"]})
+    convergence.compare(same)  # with b = d the difference of the gains is a - c
+    plain = argparse.Namespace(**{**vars(args), "b": "image_srl_t9_e100", "minus": None, "out": tmp_path / "p.json"})
+    convergence.compare(plain)
+    assert json.loads((tmp_path / "cmp.json").read_text())["rows"][0]["mean"] == pytest.approx(
+        json.loads((tmp_path / "p.json").read_text())["rows"][0]["mean"])
+    with pytest.raises(SystemExit, match="do not combine"):
+        convergence.compare(argparse.Namespace(**{**vars(args), "gap": "image_none_e100"}))
+    with pytest.raises(SystemExit, match="image_kd_t9_e100"):
+        convergence.compare(argparse.Namespace(**{**vars(args), "minus": ["image_kd_t9_e100", "image_none_e100"]}))
+
+
 def test_compare_names_the_hosts_when_the_cells_trained_on_more_than_one(tmp_path, capsys):
     """Hosts whose kernels round differently give one seed other weights: a comparison across them is paired on
     seeds and episodes only, and says so; cells from one host get no note."""
@@ -133,7 +166,7 @@ def test_compare_names_the_hosts_when_the_cells_trained_on_more_than_one(tmp_pat
             record = json.loads(path.read_text())
             path.write_text(json.dumps({**record, "provenance": {"device": "EPYC", "cpu_capability": capability}}))
     _cell(cells, "image_lsl_t9_e100_s0", 0.5, {})  # from before cells kept their provenance
-    args = argparse.Namespace(cells=cells, a="image_srl_t9_e100", b="image_none_e100", gap=None,
+    args = argparse.Namespace(cells=cells, a="image_srl_t9_e100", b="image_none_e100", gap=None, minus=None,
                               out=tmp_path / "cmp.json")
     convergence.compare(args)
     assert "image_srl_t9_e100 ran on EPYC AVX512, image_none_e100 on EPYC AVX2" in capsys.readouterr().out
@@ -215,7 +248,7 @@ def test_compare_follows_the_difference_along_the_runs_own_validations(tmp_path,
             if seed == 1 and "srl" in name:
                 record["history"].pop()  # seed 1 stopped validating early: its last step is left out
             (cells / f"{name}.json").write_text(json.dumps(record))
-    args = argparse.Namespace(cells=cells, a="image_srl_t9_e300", b="image_none_e300", gap=None,
+    args = argparse.Namespace(cells=cells, a="image_srl_t9_e300", b="image_none_e300", gap=None, minus=None,
                               out=tmp_path / "cmp.json")
     convergence.compare(args)
     curve = json.loads((tmp_path / "cmp.json").read_text())["val_curve"]
