@@ -274,7 +274,8 @@ def compare(args: argparse.Namespace) -> None:
         print("note: " + ", ".join(f"{key}{' ran' if i == 0 else ''} on {' + '.join(hosts[key])}"
                                    for i, key in enumerate(keys)) + "; hosts that "
               "round differently give one seed other weights, so the pairing holds on seeds and episodes only")
-    print("| setting | a - b | p | per seed |" + (" share of the gap |" if args.gap else ""))
+    print(f"| setting | {'(a - b) - (c - d)' if args.minus else 'a - b'} | p | per seed |"
+          + (" share of the gap |" if args.gap else ""))
     print("|---|---|---|---|" + ("---|" if args.gap else ""))
     rows = []
     for label in SETTINGS:
