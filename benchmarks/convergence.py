@@ -293,7 +293,12 @@ def compare(args: argparse.Namespace) -> None:
             line += f" {100 * d.mean / lead:.0f}% of {100 * lead:+.2f} |" if lead > 0 else " (no lead) |"
         rows.append(row)
         print(line)
-    curve = [] if args.minus else _val_curve(by_seed[args.a], by_seed[args.b], seeds)
+    same_rule = all(_val_rule(by_seed[args.a][s]) == _val_rule(by_seed[args.b][s]) for s in seeds)
+    curve = [] if args.minus or not same_rule else _val_curve(by_seed[args.a], by_seed[args.b], seeds)
+    if not same_rule:
+        print("no curve of the runs' own validations: a and b validated on different episodes "
+              f"({', '.join(f'{k}={v}' for k, v in _val_rule(by_seed[args.a][seeds[0]]).items())} against "
+              f"{', '.join(f'{k}={v}' for k, v in _val_rule(by_seed[args.b][seeds[0]]).items())})")
     if curve:
         print("runs' own validation, a - b (mean over seeds): "
               + ", ".join(f"{episodes:,} {100 * d:+.2f}" for episodes, d in curve))
@@ -310,6 +315,13 @@ def _val_curve(a: dict[int, dict], b: dict[int, dict], seeds: list[int]) -> list
     ca, cb = ([_validations(by_seed[s].get("history", [])) for s in seeds] for by_seed in (a, b))
     steps = sorted(set.intersection(*(set(c) for c in ca + cb)))
     return [(step, float(np.mean([x[step] - y[step] for x, y in zip(ca, cb)]))) for step in steps]
+
+
+def _val_rule(cell: dict) -> dict:
+    """What a run's own val episodes were drawn by: runs drawn otherwise have val curves that do not subtract."""
+    flat = flatten(upgrade(cell.get("config", {})))
+    return {k: flat[k] for k in ("episode.way", "episode.shot", "train.val_episodes", "train.val_query",
+                                 "train.val_fine_grained")}
 
 
 def _validations(history: list[dict]) -> dict[int, float]:

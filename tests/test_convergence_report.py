@@ -255,3 +255,11 @@ def test_compare_follows_the_difference_along_the_runs_own_validations(tmp_path,
     assert [step for step, _ in curve] == [100, 200]
     assert [d for _, d in curve] == pytest.approx([0.05, 0.02])  # (0.10 + 0.00) / 2, then 0.02 on both seeds
     assert "runs' own validation, a - b (mean over seeds): 100 +5.00, 200 +2.00" in capsys.readouterr().out
+    for seed in (0, 1):  # a run validated on fine-grained episodes: its curve does not subtract from b's
+        path = cells / f"image_srl_t9_e300_s{seed}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "config": {"train": {"val_fine_grained": True}}}))
+    convergence.compare(args)
+    printed = capsys.readouterr().out
+    assert json.loads((tmp_path / "cmp.json").read_text())["val_curve"] == []
+    assert "runs' own validation, a - b" not in printed
+    assert "validated on different episodes" in printed and "train.val_fine_grained=True against" in printed
