@@ -293,19 +293,20 @@ def compare(args: argparse.Namespace) -> None:
             line += f" {100 * d.mean / lead:.0f}% of {100 * lead:+.2f} |" if lead > 0 else " (no lead) |"
         rows.append(row)
         print(line)
-    same_rule = all(_val_rule(by_seed[args.a][s]) == _val_rule(by_seed[args.b][s]) for s in seeds)
-    curve = [] if args.minus or not same_rule else _val_curve(by_seed[args.a], by_seed[args.b], seeds)
-    if not same_rule:
-        print("no curve of the runs' own validations: a and b validated on different episodes "
-              f"({', '.join(f'{k}={v}' for k, v in _val_rule(by_seed[args.a][seeds[0]]).items())} against "
-              f"{', '.join(f'{k}={v}' for k, v in _val_rule(by_seed[args.b][seeds[0]]).items())})")
+    curve: list[tuple[int, float]] = []
+    if not args.minus:  # with --minus no curve is drawn: its gains would need four runs' validations
+        rules = [(_val_rule(by_seed[args.a][s]), _val_rule(by_seed[args.b][s])) for s in seeds]
+        if differing := [(ra, rb) for ra, rb in rules if ra != rb]:
+            ra, rb = (", ".join(f"{k}={v}" for k, v in rule.items()) for rule in differing[0])
+            print(f"no curve of the runs' own validations: a and b validated on different episodes ({ra} against {rb})")
+        else:
+            curve = _val_curve(by_seed[args.a], by_seed[args.b], seeds)
     if curve:
         print("runs' own validation, a - b (mean over seeds): "
               + ", ".join(f"{episodes:,} {100 * d:+.2f}" for episodes, d in curve))
     if args.out:
         write_atomic(args.out, json.dumps({"a": args.a, "b": args.b, "gap": args.gap, "minus": args.minus,
-                                           "seeds": seeds,
-                                           "hosts": hosts, "rows": rows, "val_curve": curve}, indent=1),
+                                           "seeds": seeds, "hosts": hosts, "rows": rows, "val_curve": curve}, indent=1),
                      sync=False)
 
 
@@ -319,9 +320,14 @@ def _val_curve(a: dict[int, dict], b: dict[int, dict], seeds: list[int]) -> list
 
 def _val_rule(cell: dict) -> dict:
     """What a run's own val episodes were drawn by: runs drawn otherwise have val curves that do not subtract."""
-    flat = flatten(upgrade(cell.get("config", {})))
+    flat = _flat_config(cell)
     return {k: flat[k] for k in ("episode.way", "episode.shot", "train.val_episodes", "train.val_query",
                                  "train.val_fine_grained")}
+
+
+def _flat_config(cell: dict) -> dict:
+    """A cell's config as ``section.key -> value``, with the defaults of keys added to cmkd after it ran."""
+    return flatten(upgrade(cell["config"]))
 
 
 def _validations(history: list[dict]) -> dict[int, float]:
@@ -342,7 +348,7 @@ def _mean_seconds(by_seed: dict[int, dict], seeds: list[int]) -> float:
 def _same_student(a: dict, b: dict) -> bool:
     """Whether two cells' configs agree on every key apart from what names or distils them (a key one cell
     lacks was added to cmkd later, and ``upgrade`` gives it the default the older cell ran at)."""
-    fa, fb = flatten(upgrade(a["config"])), flatten(upgrade(b["config"]))
+    fa, fb = _flat_config(a), _flat_config(b)
     return all(fa[k] == fb[k] for k in fa if k.split(".")[0] not in ("name", "out", "distill"))
 
 
