@@ -22,7 +22,9 @@ to another, set its session's weight too: ``echo 19 > /proc/PID/autogroup``.
 
 A distilled student of seed ``s`` learns from the teacher cell of seed ``s`` at
 ``--teacher-episodes`` (trained first if missing; processes started together for students of one
-teacher take turns on it). Students and teachers share the shipped
+teacher take turns on it); with ``--teacher-seeds``, every student learns from the ensemble of those
+seeds' teachers (its cells are named ``_tNxK``, K teachers; the ensemble itself is scored as the cell
+``teacher_TAGxK``, one copy per student seed, for ``--gap``). Students and teachers share the shipped
 configs (``glyphs_student``, ``glyphs_distill``, ``glyphs_teacher``); validation runs
 ``--val-points`` times per run, so every budget is selected on the same number of checks.
 """
@@ -45,6 +47,7 @@ from cmkd.errors import FolderInUseError
 from cmkd.eval.evaluate import episode_list, evaluate_lists
 from cmkd.eval.stats import over_seeds, paired_over_seeds
 from cmkd.files import write_atomic
+from cmkd.models.ensemble import TeacherEnsemble
 from cmkd.runtime import configure_cpu, provenance
 from cmkd.train.loop import Trainer
 
@@ -82,14 +85,17 @@ class Grid:
     def done(self, name: str) -> bool:
         return (self.cells / f"{name}.json").exists()
 
-    def train(self, name: str, config: str, flags: dict, episodes: int, teacher: Trainer | None = None) -> Trainer:
+    def train(self, name: str, config: str, flags: dict, episodes: int, teachers: tuple[Trainer, ...] = ()) -> Trainer:
+        """Train (or resume) and score cell ``name``; ``teachers``: its teacher, or several: their ensemble."""
         val_every = max(1, episodes // self.val_points)
         cfg = load_config(config, flags={**self.base, **flags, "name": name, "train.episodes": episodes,
                                          "train.val_every": val_every})
-        cache = self.caches.get(teacher.cfg.name) if teacher is not None else None
-        trainer = Trainer(cfg, self.dataset, teacher=teacher.model if teacher else None, teacher_cache=cache)
-        if teacher is not None:  # one teacher pass serves all its students
-            self.caches[teacher.cfg.name] = trainer.teacher_cache
+        key = "+".join(t.cfg.name for t in teachers)
+        teacher = (None if not teachers else teachers[0].model if len(teachers) == 1
+                   else TeacherEnsemble([t.model for t in teachers]))
+        trainer = Trainer(cfg, self.dataset, teacher=teacher, teacher_cache=self.caches.get(key))
+        if teachers:  # one teacher pass serves all its students
+            self.caches[key] = trainer.teacher_cache
         resume = (cfg.run_dir / "last.json").exists()
         start = time.perf_counter()
         trainer.fit(resume=resume, overwrite=not resume, progress=False, desc=name)
@@ -131,6 +137,21 @@ class Grid:
         print(f"{name}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in record["accuracy"].items() if "1-shot" in k)
               + f" ({seconds:.0f} s)", flush=True)
 
+    def score_ensemble(self, name: str, teachers: list[Trainer]) -> None:
+        """Score the ensemble of ``teachers`` as cell ``name`` (no training: its time is its members' sum)."""
+        ensemble = TeacherEnsemble([t.model for t in teachers]).eval()
+        labels = list(self.lists)
+        accs = evaluate_lists(ensemble, self.data, [self.lists[k] for k in labels],
+                              [(SETTINGS[k][2].way, SETTINGS[k][2].shot) for k in labels])
+        members = [json.loads((self.cells / f"{t.cfg.name}.json").read_text()) for t in teachers]
+        record = {"cell": name, "members": [t.cfg.name for t in teachers], "config": members[0]["config"],
+                  "train_seconds": sum(m["train_seconds"] for m in members), "resumed": False,
+                  "best_val_acc": None, "history": [], "provenance": provenance(),
+                  "eval_episodes": self.eval_episodes, "query": 15,
+                  "accuracy": {k: float(a.mean()) for k, a in zip(labels, accs)},
+                  "per_episode": {k: np.round(a, 4).tolist() for k, a in zip(labels, accs)}}
+        write_atomic(self.cells / f"{name}.json", json.dumps(record))
+
     def teacher(self, episodes: int, seed: int, tag: str, flags: dict, wait_s: float = 600.0) -> Trainer:
         """The teacher cell, trained first if missing. Grid processes started together for students of one teacher
         take turns on its run folder: a process finding it in use waits (up to ``wait_s``) instead of failing."""
@@ -155,10 +176,15 @@ def run(args: argparse.Namespace) -> None:
         for budget in args.teacher_budgets:
             if not grid.done(cell_name("teacher", budget, seed, args.teacher_tag)):
                 grid.teacher(budget, seed, args.teacher_tag, teacher_flags)
+        ensemble = cell_name("teacher", args.teacher_episodes, seed, f"{args.teacher_tag}x{len(args.teacher_seeds)}")
+        if args.teacher_seeds and not grid.done(ensemble):  # for --gap: one copy per student seed
+            grid.score_ensemble(ensemble, [grid.teacher(args.teacher_episodes, s, args.teacher_tag, teacher_flags)
+                                           for s in args.teacher_seeds])
     for budget in args.budgets:
         for seed in args.seeds:
             for method in args.methods:
-                role = f"{args.modality}_{method}" + (f"_t{args.teacher_episodes}" if method != "none" else "")
+                taught = f"_t{args.teacher_episodes}" + (f"x{len(args.teacher_seeds)}" if args.teacher_seeds else "")
+                role = f"{args.modality}_{method}" + (taught if method != "none" else "")
                 name = cell_name(role, budget, seed, args.tag)
                 if grid.done(name):
                     continue
@@ -166,8 +192,9 @@ def run(args: argparse.Namespace) -> None:
                 if method == "none":
                     grid.train(name, STUDENT, flags, budget)
                 else:
-                    teacher = grid.teacher(args.teacher_episodes, seed, args.teacher_tag, teacher_flags)
-                    grid.train(name, DISTILLED, {**flags, "distill.method": method}, budget, teacher)
+                    teachers = [grid.teacher(args.teacher_episodes, s, args.teacher_tag, teacher_flags)
+                                for s in (args.teacher_seeds or [seed])]
+                    grid.train(name, DISTILLED, {**flags, "distill.method": method}, budget, tuple(teachers))
 
 
 def _grouped(cells: Path) -> dict[tuple[str, int], dict[int, dict]]:
@@ -417,6 +444,8 @@ def main() -> None:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--teacher-episodes", type=int, default=2400, help="budget of the teacher the students learn from")
     r.add_argument("--teacher-budgets", type=int, nargs="*", default=[], help="teacher cells to train and score")
+    r.add_argument("--teacher-seeds", type=int, nargs="*", default=[],
+                   help="distil every student from the ensemble of these seeds' teachers (cells named _tNxK)")
     r.add_argument("--teacher-tag", default="", help="names a teacher variant (with --teacher-set)")
     r.add_argument("--teacher-set", nargs="*", default=[], metavar="key=value")
     r.add_argument("--student-set", nargs="*", default=[], metavar="key=value")

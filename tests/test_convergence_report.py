@@ -263,3 +263,41 @@ def test_compare_follows_the_difference_along_the_runs_own_validations(tmp_path,
     assert json.loads((tmp_path / "cmp.json").read_text())["val_curve"] == []
     assert "runs' own validation, a - b" not in printed
     assert "validated on different episodes" in printed and "train.val_fine_grained=True against" in printed
+
+
+def test_teacher_seeds_teach_every_student_from_the_ensemble_of_those_teachers(monkeypatch, tmp_path):
+    """``--teacher-seeds``: each student learns from the same teachers (not its own seed's), its cell says so
+    (``_tNxK``), and the ensemble is scored once per student seed so that ``compare --gap`` pairs with it."""
+    done: set[str] = set()
+    trained, scored = [], []
+
+    class Grid:
+        def __init__(self, *args):
+            pass
+
+        def done(self, name):
+            return name in done
+
+        def teacher(self, episodes, seed, tag, flags):
+            return f"teacher_{tag}_e{episodes}_s{seed}"
+
+        def train(self, name, config, flags, episodes, teachers=()):
+            trained.append((name, flags["train.seed"], teachers))
+            done.add(name)
+
+        def score_ensemble(self, name, teachers):
+            scored.append((name, teachers))
+            done.add(name)
+
+    monkeypatch.setattr(convergence, "Grid", Grid)
+    argv = ["convergence.py", "run", "--cells", str(tmp_path), "--teacher-tag", "lowres8", "--tag", "clean2",
+            "--methods", "none", "srl", "--budgets", "4800", "--teacher-episodes", "9600", "--seeds", "1", "2",
+            "--teacher-seeds", "0", "1", "2"]
+    monkeypatch.setattr("sys.argv", argv)
+    convergence.main()
+    teachers = tuple(f"teacher_lowres8_e9600_s{s}" for s in (0, 1, 2))
+    assert scored == [(f"teacher_lowres8x3_e9600_s{s}", list(teachers)) for s in (1, 2)]
+    assert trained == [("image_none_clean2_e4800_s1", 1, ()), ("image_srl_t9600x3_clean2_e4800_s1", 1, teachers),
+                       ("image_none_clean2_e4800_s2", 2, ()), ("image_srl_t9600x3_clean2_e4800_s2", 2, teachers)]
+    convergence.main()  # a finished grid: nothing trained or scored again
+    assert len(trained) == 4 and len(scored) == 2

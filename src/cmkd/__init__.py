@@ -7,6 +7,7 @@ The public API, imported on first use (``import cmkd`` stays light):
 - data: ``load_dataset``, ``FewShotDataset`` (``.from_samples``, ``.from_torch``), ``EpisodeSampler``,
   ``EpisodeBatchSampler`` (a ``DataLoader`` batch sampler), ``DeviceData``, ``as_image``
 - models: ``FewShotModel`` (``model(support, support_labels, query)`` -> logits), ``build_model``,
+  ``TeacherEnsemble`` (several teachers as one),
   ``register`` (your own backbone, head, text encoder or fusion, by name), ``load_model``, ``embed`` (a
   model's embeddings of dataset samples, captions included)
 - training and distillation: ``Trainer``, ``Objective``, ``spatial_relation_loss``
@@ -32,16 +33,17 @@ _EXPORTS = {
     "FewShotDataset": "cmkd.data.dataset", "load_dataset": "cmkd.data.registry",
     "EpisodeSampler": "cmkd.data.episodes", "EpisodeBatchSampler": "cmkd.data.batch_sampler",
     "DeviceData": "cmkd.data.device", "as_image": "cmkd.data.images",
-    "FewShotModel": "cmkd.models.fewshot", "build_model": "cmkd.models.fewshot", "register": "cmkd.registry",
+    "FewShotModel": "cmkd.models.fewshot", "build_model": "cmkd.models.fewshot",
+    "TeacherEnsemble": "cmkd.models.ensemble", "register": "cmkd.registry",
     "embed": "cmkd.models.inputs",
     "spatial_relation_loss": "cmkd.losses.srl", "Objective": "cmkd.losses.objective",
     "load_model": "cmkd.checkpoint", "Trainer": "cmkd.train.loop",
     "compare": "cmkd.eval.compare", "OneShotClassifier": "cmkd.predict", "export": "cmkd.deploy",
 }
 __all__ = ["__version__", "Config", "load_config", "ConfigError", "SRLConfig", "FewShotDataset", "load_dataset",
-           "EpisodeSampler", "EpisodeBatchSampler", "DeviceData", "as_image", "FewShotModel", "build_model", "register",
-           "embed", "spatial_relation_loss", "Objective", "load_model", "Trainer", "compare", "OneShotClassifier",
-           "export"]
+           "EpisodeSampler", "EpisodeBatchSampler", "DeviceData", "as_image", "FewShotModel", "build_model",
+           "TeacherEnsemble", "register", "embed", "spatial_relation_loss", "Objective", "load_model", "Trainer",
+           "compare", "OneShotClassifier", "export"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
     from cmkd.checkpoint import load_model
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from cmkd.eval.compare import compare
     from cmkd.losses.objective import Objective
     from cmkd.losses.srl import spatial_relation_loss
+    from cmkd.models.ensemble import TeacherEnsemble
     from cmkd.models.fewshot import FewShotModel, build_model
     from cmkd.models.inputs import embed
     from cmkd.predict import OneShotClassifier

@@ -190,6 +190,19 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
     return model.eval(), meta
 
 
+def load_teacher(paths: str, device: torch.device | str = "cpu") -> FewShotModel:
+    """The teacher ``distill.teacher`` names: one run (or checkpoint), or several, comma-separated, as their
+    :class:`~cmkd.models.ensemble.TeacherEnsemble` (the mean of their scores)."""
+    from cmkd.models.ensemble import TeacherEnsemble
+
+    names = [p.strip() for p in paths.split(",")]
+    if not all(names):
+        raise ConfigError(f"distill.teacher={paths!r} has an empty name (a trailing or doubled comma); write RUN, "
+                          "or RUN1,RUN2,... for an ensemble")
+    models = [load_model(p, device)[0] for p in names]
+    return models[0] if len(models) == 1 else TeacherEnsemble(models).eval()
+
+
 def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, path: Path,
                           image_encoder: torch.nn.Module | None = None) -> FewShotModel:
     """The model a checkpoint describes, after checking its ``spec`` field by field and against the

@@ -88,7 +88,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     if args.print_config:
         return _print_config(cfg)
     from cmkd import distributed
-    from cmkd.checkpoint import load_model
+    from cmkd.checkpoint import load_model, load_teacher
     from cmkd.data.registry import load_dataset
     from cmkd.runtime import configure_cpu
 
@@ -99,7 +99,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     _check_run_folder(cfg, args)  # before the teacher and data are loaded
     configure_cpu(cfg.train.threads)
     device = distributed.setup(args.device)
-    teacher, meta = load_model(cfg.distill.teacher, device)
+    teacher = load_teacher(cfg.distill.teacher, device)
     if teacher.cfg.modality == cfg.model.modality:
         raise ConfigError(f"the teacher at {cfg.distill.teacher} sees only {teacher.cfg.modality}; CMKD needs a "
                           "teacher with the other modality too (train one with --modality image+text)")
@@ -535,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = add("distill", "train a one-modality student with its loss + lambda * SRL from a teacher")
     common(d)
-    d.add_argument("--teacher", help="teacher run directory or checkpoint (sets distill.teacher)")
+    d.add_argument("--teacher", help="teacher run directory or checkpoint; several, comma-separated: their "
+                   "ensemble teaches (sets distill.teacher)")
     d.add_argument("--method", choices=choices("distill.method"), help="sets distill.method")
     d.add_argument("--init", type=Path, help="start the student from this checkpoint")
     d.set_defaults(func=cmd_distill)

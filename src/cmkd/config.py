@@ -196,7 +196,8 @@ DISTILLING = ("command", ("distill",))
 
 @dataclass
 class DistillConfig:
-    teacher: str | None = setting(None, "path of a teacher run (or its checkpoint)", resume="free",
+    teacher: str | None = setting(None, "path of a teacher run (or its checkpoint); several, comma-separated: "
+                                  "their ensemble (the mean of their scores) teaches", resume="free",
                                   read_when=DISTILLING)
     method: str = setting("srl", "distillation method", choices=METHODS, read_when=DISTILLING)
     weight: float = setting(4.0, "lambda in: loss = model loss + lambda * distillation loss", low=0, high=1e6,
@@ -339,7 +340,8 @@ def _coerce(key: Key, value: Any) -> Any:
             return int(number)
         return float(number)
     if not isinstance(value, str):
-        quote = f"; quote it to mean text: {key.name}=\"'{value}'\"" if isinstance(value, (int, float)) else ""
+        quote = (f"; quote it to mean text: {key.name}=\"'{value}'\"" if isinstance(value, (int, float))
+                 else f" ({key.help})" if isinstance(value, list) else "")
         raise ConfigError(f"config field '{key.name}' takes text, got {value!r}{quote}")
     return value
 
