@@ -23,7 +23,6 @@ from cmkd.eval.evaluate import Embedded, episode_list, evaluate_episodes
 from cmkd.eval.stats import mean_ci
 from cmkd.losses.objective import Objective
 from cmkd.models import inputs
-from cmkd.models.ensemble import TeacherEnsemble
 from cmkd.models.fewshot import FewShotModel, build_model, check_same_model, copy_encoder
 from cmkd.registry import METHODS
 from cmkd.runtime import forked_rng, provenance, resolve_precision, rng_state, seed_for
@@ -51,9 +50,6 @@ class Trainer:
                               "with `cmkd distill` (or Trainer(..., teacher=model)), or unset distill.teacher")
         if init is not None:
             check_same_model(init, cfg, dataset)
-        if isinstance(teacher, TeacherEnsemble) and cfg.distill.init_encoder:
-            raise ConfigError("distill.init_encoder: an ensemble of teachers has one encoder per teacher, not one to "
-                              "start the student from; set distill.init_encoder=false, or distil from one teacher")
         self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
         self.ranks = distributed.ranks()
         self.data = DeviceData(dataset, self.device, cfg.data.placement)
