@@ -22,9 +22,10 @@ from cmkd.models.fewshot import FewShotModel, Inputs
 
 
 class TeacherEnsemble(FewShotModel):
-    """A frozen teacher made of ``members`` (two or more models with the same ``spec()``: architecture,
+    """A teacher made of ``members`` (two or more models with the same ``spec()``: architecture,
     modalities, image size, vocabulary). It embeds and scores like one :class:`FewShotModel` and serves
-    wherever a teacher does (``Trainer(teacher=...)``, ``cmkd distill --teacher A,B,C``); it is not trained."""
+    wherever a teacher does (``Trainer(teacher=...)``, which freezes its copy; ``cmkd distill --teacher A,B,C``); it is
+    not trained."""
 
     def __init__(self, members: Sequence[FewShotModel]) -> None:
         nn.Module.__init__(self)  # the members hold every part; none of FewShotModel's own are built
