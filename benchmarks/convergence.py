@@ -124,33 +124,29 @@ class Grid:
     def _score(self, name: str, trainer: Trainer, cfg, seconds: float, resumed: bool) -> None:
         if resumed:  # this process ran the last stretch only; the history sums the training time over resumes
             seconds = trainer.history[-1]["seconds"]
-        labels = list(self.lists)
-        accs = evaluate_lists(trainer.model, self.data, [self.lists[k] for k in labels],
-                              [(SETTINGS[k][2].way, SETTINGS[k][2].shot) for k in labels])
         record = {"cell": name, "config": cfg.to_dict(), "train_seconds": round(seconds, 1), "resumed": resumed,
-                  "best_val_acc": trainer.best_acc, "history": trainer.history,
-                  "provenance": provenance(),
-                  "eval_episodes": self.eval_episodes, "query": 15,
-                  "accuracy": {k: float(a.mean()) for k, a in zip(labels, accs)},
-                  "per_episode": {k: np.round(a, 4).tolist() for k, a in zip(labels, accs)}}
+                  "best_val_acc": trainer.best_acc, "history": trainer.history, **self._evaluate(trainer.model)}
         write_atomic(self.cells / f"{name}.json", json.dumps(record))
         print(f"{name}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in record["accuracy"].items() if "1-shot" in k)
               + f" ({seconds:.0f} s)", flush=True)
 
     def score_ensemble(self, name: str, teachers: list[Trainer]) -> None:
         """Score the ensemble of ``teachers`` as cell ``name`` (no training: its time is its members' sum)."""
-        ensemble = TeacherEnsemble([t.model for t in teachers]).eval()
-        labels = list(self.lists)
-        accs = evaluate_lists(ensemble, self.data, [self.lists[k] for k in labels],
-                              [(SETTINGS[k][2].way, SETTINGS[k][2].shot) for k in labels])
         members = [json.loads((self.cells / f"{t.cfg.name}.json").read_text()) for t in teachers]
         record = {"cell": name, "members": [t.cfg.name for t in teachers], "config": members[0]["config"],
                   "train_seconds": sum(m["train_seconds"] for m in members), "resumed": False,
-                  "best_val_acc": None, "history": [], "provenance": provenance(),
-                  "eval_episodes": self.eval_episodes, "query": 15,
-                  "accuracy": {k: float(a.mean()) for k, a in zip(labels, accs)},
-                  "per_episode": {k: np.round(a, 4).tolist() for k, a in zip(labels, accs)}}
+                  "best_val_acc": None, "history": [],
+                  **self._evaluate(TeacherEnsemble([t.model for t in teachers]).eval())}
         write_atomic(self.cells / f"{name}.json", json.dumps(record))
+
+    def _evaluate(self, model) -> dict:
+        """A cell's scores on the grid's fixed episodes: each setting's mean and per-episode accuracy."""
+        labels = list(self.lists)
+        accs = evaluate_lists(model, self.data, [self.lists[k] for k in labels],
+                              [(SETTINGS[k][2].way, SETTINGS[k][2].shot) for k in labels])
+        return {"provenance": provenance(), "eval_episodes": self.eval_episodes, "query": 15,
+                "accuracy": {k: float(a.mean()) for k, a in zip(labels, accs)},
+                "per_episode": {k: np.round(a, 4).tolist() for k, a in zip(labels, accs)}}
 
     def teacher(self, episodes: int, seed: int, tag: str, flags: dict, wait_s: float = 600.0) -> Trainer:
         """The teacher cell, trained first if missing. Grid processes started together for students of one teacher

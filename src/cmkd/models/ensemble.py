@@ -17,6 +17,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from cmkd.config import flatten
 from cmkd.errors import ConfigError
 from cmkd.models.fewshot import FewShotModel, Inputs
 
@@ -32,9 +33,9 @@ class TeacherEnsemble(FewShotModel):
         if len(members) < 2:
             raise ConfigError(f"an ensemble of teachers needs two or more, got {len(members)}; "
                               "distil from a single teacher directly")
-        first = _flat(members[0].spec())
+        first = flatten(members[0].spec())
         for i, m in enumerate(members[1:], start=1):
-            if (spec := _flat(m.spec())) != first:
+            if (spec := flatten(m.spec())) != first:
                 keys = sorted(k for k in first.keys() | spec.keys() if first.get(k) != spec.get(k))
                 raise ConfigError(f"an ensemble's teachers must share one model; teacher {i} differs from teacher 0 "
                                   f"in {', '.join(keys)}: ensemble teachers trained with the same model settings "
@@ -44,6 +45,7 @@ class TeacherEnsemble(FewShotModel):
         self.cfg, self.in_channels, self.image_size, self.vocab = m0.cfg, m0.in_channels, m0.image_size, m0.vocab
         self.uses_image, self.uses_text, self.wants_maps = m0.uses_image, m0.uses_text, m0.wants_maps
         self.custom_encoder, self.map_shape = m0.custom_encoder, m0.map_shape
+        self.image_encoder = self.fusion = None  # one per member: no single branch to start a student from
         self.widths = [m.out_dim for m in members]
         self.out_dim = sum(self.widths)
 
@@ -56,14 +58,6 @@ class TeacherEnsemble(FewShotModel):
     @property
     def models(self) -> list[FewShotModel]:
         return cast(list[FewShotModel], list(self.members))
-
-    @property
-    def image_encoder(self) -> Any:
-        return None  # one per member: there is no single image branch to start a student from
-
-    @property
-    def fusion(self) -> Any:
-        return None
 
     def embed(self, images: torch.Tensor | None = None, text: torch.Tensor | None = None,
               text_mask: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,9 +79,3 @@ class TeacherEnsemble(FewShotModel):
     def spec(self) -> dict:
         return {"ensemble": [m.spec() for m in self.models]}
 
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out

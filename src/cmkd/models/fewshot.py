@@ -248,7 +248,9 @@ def copy_encoder(teacher: FewShotModel, student: FewShotModel, student_has_init:
     if student_has_init:
         raise ConfigError("distill.init_encoder and --init both give the student's encoder its starting weights; "
                           "keep one: drop --init, or set distill.init_encoder=false")
-    if isinstance(getattr(teacher, "members", None), nn.ModuleList):  # a TeacherEnsemble
+    from cmkd.models.ensemble import TeacherEnsemble  # a subclass of this module's model
+
+    if isinstance(teacher, TeacherEnsemble):
         raise ConfigError("distill.init_encoder: an ensemble of teachers has one encoder per teacher, not one to "
                           "start the student from; set distill.init_encoder=false, or distil from one teacher")
     if student.uses_image == student.uses_text:
