@@ -35,6 +35,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -114,10 +115,10 @@ class Grid:
         stored = json.loads((self.cells / f"{name}.json").read_text())
         then, now = _validations(stored["history"]), _validations(trainer.history)
         if then != now:
-            step, a, b = next(((s, x, y) for (s, x), (_, y) in zip(then.items(), now.items()) if x != y),
-                              (None, None, None))
+            first = next(((s, x, y) for (s, x), (_, y) in zip(then.items(), now.items()) if x != y), None)
             print(f"warning: retrained {name} differs from its stored cell ({_host(stored)})"
-                  + (f" from step {step} (val {100 * a:.2f} stored, {100 * b:.2f} now)" if step else "")
+                  + (f" from step {first[0]} (val {100 * first[1]:.2f} stored, {100 * first[2]:.2f} now)"
+                     if first else "")
                   + f"; this host ({_host({'provenance': provenance()})}) rounds "
                   "differently, and new students learn from the retrained teacher", flush=True)
 
@@ -216,12 +217,12 @@ def _fmt(stat, signed: bool = False) -> str:
 
 def report(args: argparse.Namespace) -> None:
     groups = _grouped(args.cells)
-    out: dict = {"cells": args.cells.as_posix(), "settings": list(SETTINGS), "rows": []}
+    out: dict[str, Any] = {"cells": args.cells.as_posix(), "settings": list(SETTINGS), "rows": []}
     print(f"| run | episodes | seeds | train s (mean) | {' | '.join(args.show)} |")
     print("|---|---|---|---|" + "---|" * len(args.show))
     for (role, budget), by_seed in sorted(groups.items()):
         seeds = sorted(by_seed)
-        row = {"run": role, "episodes": budget, "seeds": seeds,
+        row: dict[str, Any] = {"run": role, "episodes": budget, "seeds": seeds,
                "train_seconds": [by_seed[s]["train_seconds"] for s in seeds], "accuracy": {}, "minus_reference": {}}
         reference = _reference(role, budget, groups)
         for label in SETTINGS:
@@ -306,9 +307,9 @@ def compare(args: argparse.Namespace) -> None:
         if cd:  # each seed's gain a - b against its gain c - d
             a, b = a - b, cd[0] - cd[1]
         d = paired_over_seeds(a, b)
-        row = {"setting": label, "mean": d.mean, "ci95": d.ci95, "p": d.p,
-               "per_seed": [float(x - y) for x, y in zip(a.mean(1), b.mean(1))]}
-        per_seed = " ".join(f"{100 * x:+.2f}" for x in row["per_seed"])
+        gains = [float(x - y) for x, y in zip(a.mean(1), b.mean(1))]
+        row = {"setting": label, "mean": d.mean, "ci95": d.ci95, "p": d.p, "per_seed": gains}
+        per_seed = " ".join(f"{100 * x:+.2f}" for x in gains)
         line = f"| {label} | {_fmt(d, signed=True)} | {d.p:.2g} | {per_seed} |"
         if args.gap:
             lead = np.mean([np.mean(by_seed[args.gap][s]["per_episode"][label]) for s in seeds]) - b.mean()

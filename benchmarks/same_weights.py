@@ -30,7 +30,7 @@ from cmkd.train.loop import Trainer
 
 LIVE = {"distill.teacher_inputs": "same", "distill.warmup": 0.5, "distill.srl.student_inputs": "same",
         "distill.srl.angle": 0.5, "distill.srl.correct_only": True, "distill.srl.standardise": "query"}
-RUNS = [  # name, shipped config, overrides, distilled
+RUNS: list[tuple[str, str, dict[str, object], bool]] = [  # name, shipped config, overrides, distilled
     ("teacher", "glyphs_teacher", {}, False), ("student", "glyphs_student", {}, False),
     ("text", "glyphs_student", {"model.modality": "text"}, False),
     ("matching", "glyphs_student", {"model.head": "matchingnet"}, False),
@@ -60,14 +60,15 @@ def run(args: argparse.Namespace) -> None:
     configure_cpu(1)
     base = {"out": str(args.runs), "train.episodes": 40, "train.val_every": 20, "train.val_episodes": 20}
     ds = load_dataset(load_config("glyphs_student").data)
-    out, teacher = {}, None
+    out: dict[str, object] = {}
+    teacher: Trainer | None = None
     for name, config, overrides, distilled in RUNS:
         if args.only and name not in (*args.only, "teacher", "student"):  # the teacher and the eval's student
             continue
         if args.old_keys:
             overrides = {k.replace("distill.srl.", "distill."): v for k, v in overrides.items()}
         t = Trainer(load_config(config, flags={**base, **overrides, "name": name}), ds,
-                    teacher=teacher.model if distilled else None)
+                    teacher=teacher.model if distilled and teacher else None)
         history = t.fit(progress=False, overwrite=True)
         out[name] = {"digest": digest(t.model), "val": [h["val_acc"] for h in history]}
         teacher = t if name == "teacher" else teacher

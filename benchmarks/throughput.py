@@ -70,7 +70,7 @@ class JpegEpisodes(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         with Image.open(self.files[i]) as img:
-            arr = np.array(img.convert("RGB").resize((self.size, self.size), Image.BILINEAR), dtype=np.uint8)
+            arr = np.array(img.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR), dtype=np.uint8)
         return torch.from_numpy(arr).permute(2, 0, 1)
 
 
@@ -206,7 +206,7 @@ def bench_setting(ds: FewShotDataset, files: list[Path], backbone: str, shot: in
 
 
 #: distillation variants timed against a plain student step: name -> (config overrides, with the teacher)
-DISTILL_VARIANTS = {
+DISTILL_VARIANTS: dict[str, tuple[dict[str, object], bool]] = {
     "plain": ({}, False),
     "distill_cached_teacher": ({}, True),
     "distill_cached_every_4": ({"distill.every": 4}, True),

@@ -63,10 +63,19 @@ def test_an_ensemble_of_different_models_is_refused_naming_what_differs():
         TeacherEnsemble(_members("protonet", n=2)).loss_terms(torch.zeros(1, 5, 5), torch.zeros(1, 10, 4), 5, 1)
 
 
-def test_distill_from_comma_separated_teachers_learns_from_their_ensemble(tmp_path, capsys):
-    out = f"out={tmp_path}"
+@pytest.fixture(scope="module")
+def two_teachers(tmp_path_factory):
+    """Two image+text teachers of seeds 0 and 1, trained 10 episodes each (runs ``t0``, ``t1``)."""
+    root = tmp_path_factory.mktemp("teachers")
     for seed in (0, 1):
-        assert main(["train", "--modality", "image+text", "--name", f"t{seed}", out, *FAST, f"train.seed={seed}"]) == 0
+        assert main(["train", "--modality", "image+text", "--name", f"t{seed}", f"out={root}", *FAST,
+                     f"train.seed={seed}"]) == 0
+    return root
+
+
+def test_distill_from_comma_separated_teachers_learns_from_their_ensemble(two_teachers, capsys):
+    tmp_path = two_teachers
+    out = f"out={tmp_path}"
     teachers = f"{tmp_path / 't0'},{tmp_path / 't1'}"
     assert main(["distill", "--teacher", teachers, "--name", "s", out, *FAST]) == 0
     meta = json.loads((tmp_path / "s" / "best.json").read_text())
@@ -85,3 +94,18 @@ def test_distill_from_comma_separated_teachers_learns_from_their_ensemble(tmp_pa
     assert main(["distill", "--name", "s4", out, *FAST, "distill.teacher=[a, b]"]) == 2
     assert "takes text, got ['a', 'b'] (path of a teacher run (or its checkpoint); several, comma-separated" in \
         capsys.readouterr().err
+
+
+def test_evaluate_scores_plus_joined_runs_as_their_ensemble(two_teachers, tmp_path, capsys):
+    t0, t1 = (str(two_teachers / f"t{seed}") for seed in (0, 1))
+    result = tmp_path / "eval.json"
+    assert main(["evaluate", f"self={t0}+{t0}", f"single={t0}", f"pair={t0}+{t1}", "--episodes", "20",
+                 "--shots", "1", "--query", "3", "--out", str(result)]) == 0
+    scores = json.loads(result.read_text())
+    acc = scores["settings"][0]["per_episode"]
+    assert acc["self"] == acc["single"]  # the mean of a model's scores with themselves is its scores
+    assert acc["pair"] != acc["single"]
+    assert scores["checkpoints"]["pair[0]"].count("+") == 1
+    capsys.readouterr()
+    assert main(["evaluate", f"{t0}+", "--episodes", "5", "--out", str(result)]) == 2
+    assert "has an empty name (a stray '+')" in capsys.readouterr().err

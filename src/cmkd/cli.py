@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from cmkd.config import SPLITS, Config, DataConfig, check_name, choices, load_config
 from cmkd.errors import USER_ERRORS, ConfigError, DatasetError, ImageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from cmkd.models.fewshot import FewShotModel
 
 #: Command-line flags that set a config field: flag attribute -> dotted key.
 CONFIG_FLAGS = {"name": "name", "modality": "model.modality", "method": "distill.method",
@@ -109,7 +116,6 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from cmkd import distributed
-    from cmkd.checkpoint import load_model
     from cmkd.data.device import DeviceData
     from cmkd.data.episodes import EpisodeSetting
     from cmkd.data.registry import load_dataset
@@ -126,9 +132,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     notes: list[str] = []
     for spec in args.runs:
         name, _, paths = spec.partition("=") if "=" in spec else (Path(spec).name, "", spec)
-        loaded = [(p, *load_model(p, device)) for p in paths.split(",") if p]
+        loaded = [_load_run(p, device) for p in paths.split(",") if p]
         if not loaded:
-            raise ConfigError(f"evaluate: {spec!r} names no run; write NAME=RUN[,RUN...]")
+            raise ConfigError(f"evaluate: {spec!r} names no run; write NAME=RUN[,RUN...] (RUN1+RUN2: their ensemble)")
         if name in models:
             raise ConfigError(f"evaluate: the method name {name!r} is given twice; name each method once "
                               "(several runs of one method: NAME=RUN1,RUN2)")
@@ -171,6 +177,26 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
     if args.out.is_dir():
         raise ConfigError(f"evaluate: --out {args.out} is a folder; name the results file "
                           f"(e.g. {args.out / 'evaluation.json'})")
+
+
+def _load_run(path: str, device: torch.device) -> tuple[str, FewShotModel, dict]:
+    """A run folder or checkpoint, or ``RUN1+RUN2+...``: those runs as one :class:`TeacherEnsemble` (a path
+    that exists is read as one run, even with a '+' in its name)."""
+    from cmkd.checkpoint import load_model
+    from cmkd.models.ensemble import TeacherEnsemble
+
+    if "+" not in path or Path(path).exists():
+        return (path, *load_model(path, device))
+    parts = path.split("+")
+    if not all(parts):
+        raise ConfigError(f"evaluate: {path!r} has an empty name (a stray '+'); write RUN1+RUN2 for an ensemble")
+    members = [load_model(p, device) for p in parts]
+    _shared_data({f"{path}[{i}]": meta for i, (_, meta) in enumerate(members)})  # one dataset, size, captions
+    first = members[0][1]
+    weights = hashlib.sha256("+".join(meta.get("weights_sha256") or "" for _, meta in members).encode())
+    meta = {**first, "weights_sha256": weights.hexdigest(),
+            "loaded_from": "+".join(meta["loaded_from"] for _, meta in members)}
+    return path, TeacherEnsemble([m for m, _ in members]).eval(), meta
 
 
 def _role(meta: dict) -> dict:
@@ -465,7 +491,8 @@ EXAMPLES = {
                 "cmkd distill --config glyphs_distill --teacher runs/glyphs_teacher --modality text",
                 "cmkd distill --config glyphs_distill --teacher runs/glyphs_teacher --method kd --name kd"],
     "evaluate": ["cmkd evaluate runs/glyphs_student runs/glyphs_distill --fine-grained",
-                 "cmkd evaluate student=runs/s0,runs/s1,runs/s2 srl=runs/d0,runs/d1,runs/d2 --shots 1"],
+                 "cmkd evaluate student=runs/s0,runs/s1,runs/s2 srl=runs/d0,runs/d1,runs/d2 --shots 1",
+                 "cmkd evaluate ensemble=runs/t0+runs/t1+runs/t2 single=runs/t0 --fine-grained"],
     "predict": ["cmkd predict --model runs/glyphs_distill --support support/ --query photos/",
                 "cmkd predict --model runs/glyphs_distill --support support/ --query q1.png q2.png --json"],
     "export": ["cmkd export runs/glyphs_distill --out student.onnx",
@@ -544,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = add("evaluate", "score runs on the same fixed episodes and compare them")
     e.add_argument("runs", nargs="+", metavar="[NAME=]RUN[,RUN...]",
                    help="run directories or checkpoints; several runs of one method (training seeds) separated by "
-                        "commas are pooled: mean and interval over runs and episodes")
+                        "commas are pooled: mean and interval over runs and episodes; RUN1+RUN2+... is one run, "
+                        "the ensemble of those teachers (the mean of their scores, as distill.teacher=RUN1,RUN2)")
     e.add_argument("--split", default="novel", choices=SPLITS, help="classes the episodes use")
     e.add_argument("--episodes", type=int, default=600, help="fixed episodes per setting")
     e.add_argument("--seed", type=int, default=2021, help="seed of the fixed episode list")
