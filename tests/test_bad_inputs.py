@@ -396,6 +396,10 @@ CASES = [
                                                                         "--episodes", "2", "--way", "2", "--query",
                                                                         "1", "--shots", "1"],
          r"other\[0\] was trained on 3-channel 16px images, but good now has 1-channel", setup=_rechannelled),
+    Case("W40 a teacher of other captions", lambda w: ["distill", "--teacher", str(w.runs / "t"), "--name", "s", R(w),
+                                                       "data.captions=names", *FAST],
+         r"runs/t/best.json was trained with data.captions=dataset but the student's data has data.captions=names: "
+         r"the teacher would read .* give the student data.captions=dataset too"),
     Case("W39 a teacher of other images", lambda w: ["distill", "--teacher", str(w.runs / "t"), "--name", "s", R(w),
                                                      "data.dataset=good", "data.image_size=16", *FAST],
          r"the teacher sees 1-channel 32px images but good has 3-channel 16px images", setup=_prepared),

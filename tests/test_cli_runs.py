@@ -18,6 +18,10 @@ def test_train_distill_evaluate_from_the_cli(tmp_path, capsys):
     meta = json.loads((tmp_path / "text_student" / "best.json").read_text())
     assert meta["spec"]["model"]["modality"] == "text" and meta["config"]["distill"]["method"] == "kd"
     capsys.readouterr()
+    # a teacher shown other pixels than it was trained on: allowed, said once
+    assert main(["distill", "--teacher", str(tmp_path / "teacher"), "--name", "low_res", out, *FAST,
+                 "data.low_res=8", "train.episodes=2", "train.val_every=2"]) == 0
+    assert "was trained on other data than the student's (data.low_res=0, student 8)" in capsys.readouterr().err
     result_path = tmp_path / "eval.json"
     assert main(["evaluate", f"student={tmp_path / 'image_student'}", f"teacher={tmp_path / 'teacher'}",
                  "--episodes", "20", "--shots", "1", "--fine-grained", "--out", str(result_path)]) == 0

@@ -190,17 +190,18 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
     return model.eval(), meta
 
 
-def load_teacher(paths: str, device: torch.device | str = "cpu") -> FewShotModel:
+def load_teacher(paths: str, device: torch.device | str = "cpu") -> tuple[FewShotModel, list[dict]]:
     """The teacher ``distill.teacher`` names: one run (or checkpoint), or several, comma-separated, as their
-    :class:`~cmkd.models.ensemble.TeacherEnsemble` (the mean of their scores)."""
+    :class:`~cmkd.models.ensemble.TeacherEnsemble` (the mean of their scores); and each run's metadata."""
     from cmkd.models.ensemble import TeacherEnsemble
 
     names = [p.strip() for p in paths.split(",")]
     if not all(names):
         raise ConfigError(f"distill.teacher={paths!r} has an empty name (a trailing or doubled comma); write RUN, "
                           "or RUN1,RUN2,... for an ensemble")
-    models = [load_model(p, device)[0] for p in names]
-    return models[0] if len(models) == 1 else TeacherEnsemble(models).eval()
+    loaded = [load_model(p, device) for p in names]
+    models, metas = [m for m, _ in loaded], [meta for _, meta in loaded]
+    return (models[0] if len(models) == 1 else TeacherEnsemble(models).eval()), metas
 
 
 def model_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict, path: Path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -98,6 +99,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from cmkd.checkpoint import load_model, load_teacher
     from cmkd.data.registry import load_dataset
     from cmkd.runtime import configure_cpu
+    from cmkd.train.distiller import check_teacher_images
 
     if cfg.distill.teacher is None:
         raise ConfigError("distill needs a teacher: pass --teacher RUN or set distill.teacher in the config")
@@ -106,12 +108,49 @@ def cmd_distill(args: argparse.Namespace) -> None:
     _check_run_folder(cfg, args)  # before the teacher and data are loaded
     configure_cpu(cfg.train.threads)
     device = distributed.setup(args.device)
-    teacher = load_teacher(cfg.distill.teacher, device)
+    teacher, metas = load_teacher(cfg.distill.teacher, device)
     if teacher.cfg.modality == cfg.model.modality:
         raise ConfigError(f"the teacher at {cfg.distill.teacher} sees only {teacher.cfg.modality}; CMKD needs a "
                           "teacher with the other modality too (train one with --modality image+text)")
     init = load_model(args.init, device)[0] if args.init else None
-    _report(_fit(cfg, args, load_dataset(cfg.data), device, teacher, init))
+    dataset = load_dataset(cfg.data)
+    check_teacher_images(teacher, dataset)
+    for meta in metas:
+        _check_teacher_data(meta, cfg.data, dataset)
+    _report(_fit(cfg, args, dataset, device, teacher, init))
+
+
+#: Data settings that change what a teacher is shown: the classes and text (refused when they differ from the
+#: teacher's training data) and the pixels (a warning: a teacher may be asked to read other resolutions).
+_TEACHER_READS = ("dataset", "captions")
+_TEACHER_SEES = ("image_size", "low_res")
+
+
+def _check_teacher_data(meta: dict, data: DataConfig, dataset) -> None:
+    """The teacher embeds the student's data: refuse other classes or text than it was trained on; warn
+    about other pixels or a dataset prepared again since."""
+    from cmkd.data.registry import resolve
+
+    if meta.get("dataset_sha256") in (None, dataset.content_digest()):
+        return  # the very data it was trained on (or a checkpoint too old to say)
+    theirs = {**dataclasses.asdict(DataConfig()), **meta.get("config", {}).get("data", {})}
+    ours = dataclasses.asdict(data)
+    for d in (theirs, ours):
+        folder = resolve(d["dataset"]) if d["dataset"] != "glyphs" else None
+        d["dataset"] = str(folder.resolve()) if folder is not None else d["dataset"]
+    run = meta.get("loaded_from", "the teacher")
+    if differ := [k for k in _TEACHER_READS if theirs[k] != ours[k]]:
+        fix = (f"train a teacher on data.dataset={data.dataset}" if "dataset" in differ else
+               f"give the student data.captions={theirs['captions']} too (an image student never reads captions; "
+               "the teacher does)")
+        raise ConfigError(f"the teacher {run} was trained with " + ", ".join(f"data.{k}={theirs[k]}" for k in differ)
+                          + " but the student's data has " + ", ".join(f"data.{k}={ours[k]}" for k in differ)
+                          + f": the teacher would read classes or captions it never saw; {fix}")
+    differ = [k for k in _TEACHER_SEES if theirs[k] != ours[k]]
+    logging.getLogger("cmkd").warning(
+        "the teacher %s was trained on other data than the student's (%s); it embeds the student's", run,
+        ", ".join(f"data.{k}={theirs[k]}, student {ours[k]}" for k in differ) if differ
+        else "the dataset was prepared again since")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

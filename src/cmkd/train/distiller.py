@@ -13,6 +13,7 @@ from torch import nn
 
 from cmkd.checkpoint import state_digest
 from cmkd.config import Config
+from cmkd.data.dataset import FewShotDataset
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import episode_labels
 from cmkd.errors import ConfigError
@@ -32,6 +33,15 @@ def embed_teacher(teacher: FewShotModel, data: DeviceData, cfg: Config) -> Embed
                          precision=resolve_precision(cfg.train.precision, data.device))
 
 
+def check_teacher_images(teacher: FewShotModel, dataset: FewShotDataset) -> None:
+    """Refuse a dataset whose images the teacher cannot read (other channels or size)."""
+    c, h, _ = dataset.image_shape
+    if teacher.uses_image and (teacher.in_channels, teacher.image_size) != (c, h):
+        raise ConfigError(f"the teacher sees {teacher.in_channels}-channel {teacher.image_size}px images but "
+                          f"{dataset.name} has {c}-channel {h}px images; distil on the data the teacher "
+                          "was trained on (data.dataset, data.image_size)")
+
+
 class Distiller:
     """Scores a step's episodes with the frozen teacher and returns ``method``'s terms.
 
@@ -43,11 +53,7 @@ class Distiller:
 
     def __init__(self, teacher: FewShotModel, method: Method, cfg: Config, data: DeviceData,
                  cache: Embedded | None = None) -> None:
-        c, h, _ = data.dataset.image_shape
-        if teacher.uses_image and (teacher.in_channels, teacher.image_size) != (c, h):
-            raise ConfigError(f"the teacher sees {teacher.in_channels}-channel {teacher.image_size}px images but "
-                              f"{data.dataset.name} has {c}-channel {h}px images; distil on the data the teacher "
-                              "was trained on (data.dataset, data.image_size)")
+        check_teacher_images(teacher, data.dataset)
         self.digest = state_digest(teacher)
         self.teacher = copy.deepcopy(teacher).to(data.device).eval().requires_grad_(False)
         self.method, self.cfg, self.data = method, cfg, data
