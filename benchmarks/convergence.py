@@ -59,6 +59,10 @@ SETTINGS = {  # label -> (split, evaluation seed, setting)
     for split in ("val", "novel") for shot in (1, 5) for fine in (False, True)}
 
 
+#: Data settings that change the dataset itself (the grid loads one for all its runs; only --set may change them).
+DATASET_KEYS = ("dataset", "image_size", "low_res", "captions")
+
+
 def _pairs(items: list[str]) -> dict:
     return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items)}
 
@@ -76,7 +80,8 @@ class Grid:
         self.val_points, self.eval_episodes = val_points, eval_episodes
         self.cells.mkdir(parents=True, exist_ok=True)
         self.base = {"data.dataset": dataset_name, "out": str(runs), **common}
-        self.dataset = load_dataset(load_config(STUDENT, flags=self.base).data)
+        self.data_cfg = load_config(STUDENT, flags=self.base).data
+        self.dataset = load_dataset(self.data_cfg)
         self.data = DeviceData(self.dataset)
         self.lists = {label: episode_list(self.data, split, s, eval_episodes, seed)
                       for label, (split, seed, s) in SETTINGS.items()}
@@ -91,6 +96,10 @@ class Grid:
         val_every = max(1, episodes // self.val_points)
         cfg = load_config(config, flags={**self.base, **flags, "name": name, "train.episodes": episodes,
                                          "train.val_every": val_every})
+        if changed := [f"data.{k}={getattr(cfg.data, k)}" for k in DATASET_KEYS
+                       if getattr(cfg.data, k) != getattr(self.data_cfg, k)]:
+            raise SystemExit(f"{name}: {', '.join(changed)} would change the dataset, which the grid loads once for "
+                             "every run; give data settings with --set (image students never read captions)")
         key = "+".join(t.cfg.name for t in teachers)
         teacher = (None if not teachers else teachers[0].model if len(teachers) == 1
                    else TeacherEnsemble([t.model for t in teachers]))

@@ -301,3 +301,16 @@ def test_teacher_seeds_teach_every_student_from_the_ensemble_of_those_teachers(m
                        ("image_none_clean2_e4800_s2", 2, ()), ("image_srl_t9600x3_clean2_e4800_s2", 2, teachers)]
     convergence.main()  # a finished grid: nothing trained or scored again
     assert len(trained) == 4 and len(scored) == 2
+
+
+def test_a_run_flag_that_would_change_the_grids_one_dataset_is_refused(tmp_path):
+    """The grid loads one dataset for all its runs: a data setting given to the teachers or students only
+    (``--teacher-set data.captions=names``) would be recorded in their config but never reach the data, so it is
+    refused, naming the setting and the fix."""
+    base = {"data.dataset": "glyphs", "out": str(tmp_path), "data.low_res": 8}
+    grid = argparse.Namespace(base=base, val_points=2, data_cfg=convergence.load_config(convergence.STUDENT,
+                                                                                        flags=base).data)
+    for flags in ({"data.captions": "names"}, {"data.low_res": 12}):
+        with pytest.raises(SystemExit, match=r"teacher_e10_s0: data\.(captions=names|low_res=12) would change the "
+                                             r"dataset, which the grid loads once .* give data settings with --set"):
+            convergence.Grid.train(grid, "teacher_e10_s0", convergence.TEACHER, flags, 10)
