@@ -129,15 +129,12 @@ _TEACHER_SEES = ("image_size", "low_res")
 def _check_teacher_data(meta: dict, data: DataConfig, dataset) -> None:
     """The teacher embeds the student's data: refuse other classes or text than it was trained on; warn
     about other pixels or a dataset prepared again since."""
-    from cmkd.data.registry import resolve
-
     if meta.get("dataset_sha256") in (None, dataset.content_digest()):
         return  # the very data it was trained on (or a checkpoint too old to say)
     theirs = {**dataclasses.asdict(DataConfig()), **meta.get("config", {}).get("data", {})}
     ours = dataclasses.asdict(data)
     for d in (theirs, ours):
-        folder = resolve(d["dataset"]) if d["dataset"] != "glyphs" else None
-        d["dataset"] = str(folder.resolve()) if folder is not None else d["dataset"]
+        d["dataset"] = _dataset_key(d["dataset"])
     run = meta.get("loaded_from", "the teacher")
     if differ := [k for k in _TEACHER_READS if theirs[k] != ours[k]]:
         fix = (f"train a teacher on data.dataset={data.dataset}" if "dataset" in differ else
@@ -287,17 +284,22 @@ def _dataset_changes(dataset, metas: dict[str, dict]) -> list[str]:
             if m.get("dataset_sha256") not in (None, digest)]
 
 
+def _dataset_key(name: str) -> str:
+    """A dataset named by name or by path, as the folder it resolves to (the embedded glyphs as themselves)."""
+    from cmkd.data.registry import resolve
+
+    folder = resolve(name) if name != "glyphs" else None
+    return str(folder.resolve()) if folder is not None else name
+
+
 def _shared_data(metas: dict[str, dict]) -> DataConfig:
     """The data config every run was trained on; refuses runs of different datasets, image sizes, channels or
     text (datasets compared by the folder they resolve to)."""
-    from cmkd.data.registry import resolve
-
     keys = ("dataset", "image_size", "captions")
     seen = {}
     for run, m in metas.items():
         d = {k: m["config"]["data"].get(k, DataConfig.captions if k == "captions" else None) for k in keys}
-        folder = resolve(d["dataset"]) if d["dataset"] != "glyphs" else None
-        d["dataset"] = str(folder.resolve()) if folder is not None else d["dataset"]
+        d["dataset"] = _dataset_key(d["dataset"])
         d["channels"] = m.get("spec", {}).get("in_channels")
         seen[run] = d
     first_run, first = next(iter(seen.items()))
