@@ -43,7 +43,7 @@ import yaml
 from cmkd.config import flatten, load_config, upgrade
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
-from cmkd.data.registry import load_dataset
+from cmkd.data.registry import CONTENT_KEYS, load_dataset
 from cmkd.errors import FolderInUseError
 from cmkd.eval.evaluate import episode_list, evaluate_lists
 from cmkd.eval.stats import over_seeds, paired_over_seeds
@@ -57,10 +57,6 @@ SETTINGS = {  # label -> (split, evaluation seed, setting)
     f"{split} {shot}-shot{' FG' if fine else ''}": (split, 7 if split == "val" else 2021,
                                                    EpisodeSetting(5, shot, 15, fine))
     for split in ("val", "novel") for shot in (1, 5) for fine in (False, True)}
-
-
-#: Data settings that change the dataset itself (the grid loads one for all its runs; only --set may change them).
-DATASET_KEYS = ("dataset", "image_size", "low_res", "captions")
 
 
 def _pairs(items: list[str]) -> dict:
@@ -96,7 +92,7 @@ class Grid:
         val_every = max(1, episodes // self.val_points)
         cfg = load_config(config, flags={**self.base, **flags, "name": name, "train.episodes": episodes,
                                          "train.val_every": val_every})
-        if changed := [f"data.{k}={getattr(cfg.data, k)}" for k in DATASET_KEYS
+        if changed := [f"data.{k}={getattr(cfg.data, k)}" for k in CONTENT_KEYS
                        if getattr(cfg.data, k) != getattr(self.data_cfg, k)]:
             raise SystemExit(f"{name}: {', '.join(changed)} would change the dataset, which the grid loads once for "
                              "every run; give data settings with --set (image students never read captions)")

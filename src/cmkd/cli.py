@@ -120,15 +120,16 @@ def cmd_distill(args: argparse.Namespace) -> None:
     _report(_fit(cfg, args, dataset, device, teacher, init))
 
 
-#: Data settings that change what a teacher is shown: the classes and text (refused when they differ from the
-#: teacher's training data) and the pixels (a warning: a teacher may be asked to read other resolutions).
+#: Of the data settings that make a dataset (``CONTENT_KEYS``), those that change the classes and text a teacher
+#: reads: refused when they differ from its training data (the others, the pixels, get a warning).
 _TEACHER_READS = ("dataset", "captions")
-_TEACHER_SEES = ("image_size", "low_res")
 
 
 def _check_teacher_data(meta: dict, data: DataConfig, dataset) -> None:
     """The teacher embeds the student's data: refuse other classes or text than it was trained on; warn
     about other pixels or a dataset prepared again since."""
+    from cmkd.data.registry import CONTENT_KEYS
+
     if meta.get("dataset_sha256") in (None, dataset.content_digest()):
         return  # the very data it was trained on (or a checkpoint too old to say)
     theirs = {**dataclasses.asdict(DataConfig()), **meta.get("config", {}).get("data", {})}
@@ -143,7 +144,7 @@ def _check_teacher_data(meta: dict, data: DataConfig, dataset) -> None:
         raise ConfigError(f"the teacher {run} was trained with " + ", ".join(f"data.{k}={theirs[k]}" for k in differ)
                           + " but the student's data has " + ", ".join(f"data.{k}={ours[k]}" for k in differ)
                           + f": the teacher would read classes or captions it never saw; {fix}")
-    differ = [k for k in _TEACHER_SEES if theirs[k] != ours[k]]
+    differ = [k for k in CONTENT_KEYS if k not in _TEACHER_READS and theirs[k] != ours[k]]
     logging.getLogger("cmkd").warning(
         "the teacher %s was trained on other data than the student's (%s); it embeds the student's", run,
         ", ".join(f"data.{k}={theirs[k]}, student {ours[k]}" for k in differ) if differ

@@ -46,6 +46,10 @@ def prepared_datasets() -> list[tuple[str, Path, dict]]:
     return out
 
 
+#: The data settings :func:`load_dataset` reads: two configs that agree on these load the same dataset.
+CONTENT_KEYS = ("dataset", "image_size", "low_res", "captions")
+
+
 def load_dataset(cfg: DataConfig) -> FewShotDataset:
     """The dataset named by ``cfg.dataset`` at ``cfg.image_size`` (seen at ``cfg.low_res`` pixels when set)."""
     if cfg.low_res and cfg.low_res >= cfg.image_size:
