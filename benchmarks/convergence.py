@@ -76,8 +76,7 @@ class Grid:
         self.val_points, self.eval_episodes = val_points, eval_episodes
         self.cells.mkdir(parents=True, exist_ok=True)
         self.base = {"data.dataset": dataset_name, "out": str(runs), **common}
-        self.data_cfg = load_config(STUDENT, flags=self.base).data
-        self.dataset = load_dataset(self.data_cfg)
+        self.dataset = load_dataset(load_config(STUDENT, flags=self.base).data)
         self.data = DeviceData(self.dataset)
         self.lists = {label: episode_list(self.data, split, s, eval_episodes, seed)
                       for label, (split, seed, s) in SETTINGS.items()}
@@ -92,10 +91,6 @@ class Grid:
         val_every = max(1, episodes // self.val_points)
         cfg = load_config(config, flags={**self.base, **flags, "name": name, "train.episodes": episodes,
                                          "train.val_every": val_every})
-        if changed := [f"data.{k}={getattr(cfg.data, k)}" for k in CONTENT_KEYS
-                       if getattr(cfg.data, k) != getattr(self.data_cfg, k)]:
-            raise SystemExit(f"{name}: {', '.join(changed)} would change the dataset, which the grid loads once for "
-                             "every run; give data settings with --set (image students never read captions)")
         key = "+".join(t.cfg.name for t in teachers)
         teacher = (None if not teachers else teachers[0].model if len(teachers) == 1
                    else TeacherEnsemble([t.model for t in teachers]))
@@ -170,10 +165,22 @@ class Grid:
         return self.teachers[name]
 
 
+def changed_data(base: dict, flags: dict) -> list[str]:
+    """The settings that make the dataset (``CONTENT_KEYS``) that ``flags``, given to some runs, would change from
+    the grid's ``base``: the grid loads one dataset for all its runs, so they would never reach the data."""
+    ours = load_config(STUDENT, flags=base).data
+    theirs = load_config(STUDENT, flags={**base, **{k: v for k, v in flags.items() if k.startswith("data.")}}).data
+    return [f"data.{k}={getattr(theirs, k)}" for k in CONTENT_KEYS if getattr(theirs, k) != getattr(ours, k)]
+
+
 def run(args: argparse.Namespace) -> None:
+    teacher_flags, student_flags = _pairs(args.teacher_set), _pairs(args.student_set)
+    for option, flags in (("--teacher-set", teacher_flags), ("--student-set", student_flags)):
+        if changed := changed_data({"data.dataset": args.dataset, **_pairs(args.set)}, flags):
+            raise SystemExit(f"{option} {', '.join(changed)} would change the dataset, which the grid loads once for "
+                             "every run; give data settings with --set (image students never read captions)")
     configure_cpu(args.threads)
     grid = Grid(args.dataset, args.runs, args.cells, _pairs(args.set), args.val_points, args.eval_episodes)
-    teacher_flags = _pairs(args.teacher_set)
     for seed in args.seeds:
         for budget in args.teacher_budgets:
             if not grid.done(cell_name("teacher", budget, seed, args.teacher_tag)):
@@ -190,7 +197,7 @@ def run(args: argparse.Namespace) -> None:
                 name = cell_name(role, budget, seed, args.tag)
                 if grid.done(name):
                     continue
-                flags = {"train.seed": seed, "model.modality": args.modality, **_pairs(args.student_set)}
+                flags = {"train.seed": seed, "model.modality": args.modality, **student_flags}
                 if method == "none":
                     grid.train(name, STUDENT, flags, budget)
                 else:
@@ -449,8 +456,10 @@ def main() -> None:
     r.add_argument("--teacher-seeds", type=int, nargs="*", default=[],
                    help="distil every student from the ensemble of these seeds' teachers (cells named _tNxK)")
     r.add_argument("--teacher-tag", default="", help="names a teacher variant (with --teacher-set)")
-    r.add_argument("--teacher-set", nargs="*", default=[], metavar="key=value")
-    r.add_argument("--student-set", nargs="*", default=[], metavar="key=value")
+    r.add_argument("--teacher-set", nargs="*", default=[], metavar="key=value",
+                   help="settings of the teachers only (data settings that make the dataset go in --set)")
+    r.add_argument("--student-set", nargs="*", default=[], metavar="key=value",
+                   help="settings of the students only (likewise)")
     r.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for every run")
     r.add_argument("--tag", default="", help="names a student variant (with --student-set)")
     r.add_argument("--val-points", type=int, default=12, help="validations per run")

@@ -303,14 +303,19 @@ def test_teacher_seeds_teach_every_student_from_the_ensemble_of_those_teachers(m
     assert len(trained) == 4 and len(scored) == 2
 
 
-def test_a_run_flag_that_would_change_the_grids_one_dataset_is_refused(tmp_path):
+def test_a_run_flag_that_would_change_the_grids_one_dataset_is_refused_before_anything_trains(monkeypatch,
+                                                                                               tmp_path):
     """The grid loads one dataset for all its runs: a data setting given to the teachers or students only
     (``--teacher-set data.captions=names``) would be recorded in their config but never reach the data, so it is
-    refused, naming the setting and the fix."""
-    base = {"data.dataset": "glyphs", "out": str(tmp_path), "data.low_res": 8}
-    grid = argparse.Namespace(base=base, val_points=2, data_cfg=convergence.load_config(convergence.STUDENT,
-                                                                                        flags=base).data)
-    for flags in ({"data.captions": "names"}, {"data.low_res": 12}):
-        with pytest.raises(SystemExit, match=r"teacher_e10_s0: data\.(captions=names|low_res=12) would change the "
-                                             r"dataset, which the grid loads once .* give data settings with --set"):
-            convergence.Grid.train(grid, "teacher_e10_s0", convergence.TEACHER, flags, 10)
+    refused before the dataset loads or anything trains, naming the option, the setting and the fix; the same
+    value as ``--set``'s, or a data setting that does not make the dataset (``data.augment``), passes."""
+    monkeypatch.setattr(convergence, "Grid", lambda *args: pytest.fail("the grid started"))
+    common = ["convergence.py", "run", "--cells", str(tmp_path), "--set", "data.low_res=8", "--budgets", "10"]
+    for option, flag in (("--teacher-set", "data.captions=names"), ("--student-set", "data.low_res=12"),
+                         ("--student-set", "data.image_size=48")):
+        monkeypatch.setattr("sys.argv", [*common, option, "data.augment=false", flag])
+        with pytest.raises(SystemExit, match=rf"{option} {flag} would change the dataset, which the grid loads once "
+                                             r".* give data settings with --set"):
+            convergence.main()
+    assert convergence.changed_data({"data.dataset": "glyphs", "data.low_res": 8},
+                                    {"data.low_res": 8, "data.image_size": 32, "data.augment": False}) == []
