@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cmkd.config import Config, DistillConfig, KDConfig, RKDConfig, SRLConfig
+from cmkd.errors import ConfigError
 from cmkd.losses.distillation import HintonKD, RelationalKD, SpatialRelation, student_alone
 from cmkd.losses.objective import Objective, Term
 from cmkd.losses.srl import (
@@ -132,6 +133,26 @@ def test_distilling_every_nth_step_keeps_the_mean_weight():
     v = {"ce": torch.tensor(0.0), "srl_rel": torch.tensor(1.0), "srl_dist": torch.tensor(0.0)}
     per_step = [objective(v, step, 100).item() if objective.distills_at(step, 100) else 0.0 for step in range(100)]
     assert per_step[:5] == [16.0, 0.0, 0.0, 0.0, 16.0] and sum(per_step) / 100 == cfg.distill.weight == 4.0
+
+
+def test_distilling_fine_grained_episodes_only_keeps_the_mean_weight():
+    """``distill.episodes=fine``: the terms enter on the fine-grained steps only (``train.fine_grained_share`` of
+    them), 1/share times as heavily; with no fine-grained steps nothing would distil, which is refused."""
+    cfg = Config()
+    cfg.distill.episodes, cfg.train.fine_grained_share = "fine", 0.25
+    objective = Objective.build(cfg, "ce", False, False, SpatialRelation(cfg.distill))
+    assert str(objective) == "loss = ce + 16·(srl_rel + srl_dist) (fine-grained episodes only)"
+    v = {"ce": torch.tensor(0.0), "srl_rel": torch.tensor(1.0), "srl_dist": torch.tensor(0.0)}
+    fine = [step % 4 == 1 for step in range(100)]  # a quarter of the steps fine-grained
+    per_step = [objective(v, s, 100).item() if objective.distills_at(s, 100, f) else 0.0 for s, f in enumerate(fine)]
+    assert per_step[:5] == [0.0, 16.0, 0.0, 0.0, 0.0] and sum(per_step) / 100 == cfg.distill.weight
+    assert all(objective.distills_at(s, 100, True) for s in range(100))
+    cfg.distill.every = 2
+    assert Objective.build(cfg, "ce", False, False, SpatialRelation(cfg.distill)).scale == 8.0
+    cfg.train.fine_grained_share = 0.0
+    with pytest.raises(ConfigError, match=r"'distill.episodes' is 'fine' but train.fine_grained_share is 0, so no "
+                                          r"step would distil.*distill.episodes=all"):
+        Objective.build(cfg, "ce", False, False, SpatialRelation(cfg.distill))
 
 
 def test_standardise_golden_values():

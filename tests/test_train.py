@@ -189,6 +189,24 @@ def test_distilling_every_third_step_triples_the_weight_and_leaves_the_other_ste
     assert any("srl_rel" in r for r in logged if r["kind"] == "train")
 
 
+def test_distilling_fine_grained_episodes_only_distils_exactly_the_steps_drawn_fine_grained(small, fast_cfg):
+    """``distill.episodes=fine``: a step has the distillation terms iff its episodes are fine-grained, twice as
+    heavily at ``train.fine_grained_share=0.5``, and the episodes drawn are those of ``distill.episodes=all``."""
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
+    runs = {kind: Trainer(fast_cfg(**{"name": kind, "distill.episodes": kind, "train.fine_grained_share": 0.5}), small,
+                          teacher=teacher) for kind in ("fine", "all")}
+    fine = runs["fine"]
+    kinds = [fine.schedule.fine(s) for s in range(8)]
+    assert str(fine.objective) == "loss = ce + 8·(srl_rel + srl_dist) (fine-grained episodes only)"
+    assert any(kinds) and not all(kinds)
+    for step, kind in enumerate(kinds):
+        logs = fine.train_step(step)
+        assert ("srl_rel" in logs) == kind and np.array_equal(fine.schedule.indices(step),
+                                                               runs["all"].schedule.indices(step))
+        if kind:
+            assert torch.allclose(logs["loss"], logs["ce"] + 8 * (logs["srl_rel"] + logs["srl_dist"]))
+
+
 def test_an_unaugmented_image_student_takes_the_srls_clean_view_from_its_training_forward(small, fast_cfg):
     """With ``data.augment=false`` an image student's training inputs are the teacher's clean inputs: one forward
     serves the head's loss and the SRL, with the terms and gradients of the second forward it replaces."""
@@ -256,12 +274,12 @@ def test_while_teacher_leads_distils_only_after_validations_the_teacher_led(smal
     plain = Trainer(fast_cfg(**{"name": "p"}), small)
     teacher_acc = gated.validate(gated.distiller.teacher)[0]
     assert 0 < teacher_acc < 1
-    assert gated.distilling and "srl_rel" in gated.train_step(0)  # not validated yet
+    assert gated.distils(0) and "srl_rel" in gated.train_step(0)  # not validated yet
     calls = []
     gated.validate = lambda model: calls.append(model) or Trainer.validate(gated, model)
     for trainer in (gated, always):
         trainer.history.append({"episodes": 20, "val_acc": teacher_acc})  # the student level with its teacher
-    assert not gated.distilling and always.distilling
+    assert not gated.distils(0) and always.distils(0)
     assert gated.distiller.val_acc == teacher_acc and calls == [gated.distiller.teacher]
     plain.model.load_state_dict(gated.model.state_dict())
     plain.optimizer.load_state_dict(copy.deepcopy(gated.optimizer.state_dict()))  # Adam's state after step 0
@@ -269,7 +287,7 @@ def test_while_teacher_leads_distils_only_after_validations_the_teacher_led(smal
     assert set(logs) == {"ce", "loss", "acc"} and all(torch.equal(logs[k], plain_logs[k]) for k in logs)
     assert all(torch.equal(a, b) for a, b in zip(gated.model.parameters(), plain.model.parameters(), strict=True))
     gated.history.append({"episodes": 40, "val_acc": teacher_acc - 0.05})  # the teacher ahead again
-    assert gated.distilling and "srl_rel" in gated.train_step(2)
+    assert gated.distils(2) and "srl_rel" in gated.train_step(2)
     assert len(calls) == 1  # the teacher was scored once
     turns = [r.getMessage().split(": ")[-1] for r in caplog.records if r.getMessage().startswith("after")]
     assert turns == ["plain steps", "distilling"]  # the log says when the gate turns, once each time

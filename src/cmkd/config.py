@@ -210,6 +210,9 @@ class DistillConfig:
     every: int = setting(1, "distil on every N-th step only, with N times the weight: the same expected gradient "
                          "for 1/N of the distillation's cost (the SRL's clean view is a second student forward)",
                          low=1, high=10**6, read_when=DISTILLING)
+    episodes: str = setting("all", "which training episodes distil: 'all', or 'fine': only the fine-grained ones "
+                            "(train.fine_grained_share of them, with 1/share times the weight), where the classes "
+                            "look alike and the teacher's lead lies", choices=("all", "fine"), read_when=DISTILLING)
     clean_steps: bool = setting(False, "an image student trains on the clean (un-augmented) images on its "
                                 "distillation steps, so the SRL's clean view is its training forward: no second "
                                 "forward, and 1 in distill.every steps unaugmented", read_when=DISTILLING)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cmkd.config import Config
+from cmkd.errors import ConfigError
 
 if TYPE_CHECKING:
     from cmkd.losses.distillation import Method
@@ -50,7 +51,8 @@ class Objective:
     distillation method, weighted by ``weight`` (lambda) after a linear warm-up over ``warmup`` of
     the steps. With ``every`` = N the distillation terms enter on every N-th step only, N times as
     heavily (the same gradient in expectation), and not after the first ``until`` of the steps (a
-    student that trains alone late; :meth:`distills_at` says which steps).
+    student that trains alone late; :meth:`distills_at` says which steps). With ``fine_share`` > 0 they
+    enter on fine-grained steps only (that share of the steps), 1/``fine_share`` times as heavily.
     """
 
     model: tuple[Term, ...]
@@ -60,6 +62,7 @@ class Objective:
     warmup: float = 0.0
     every: int = 1
     until: float = 1.0
+    fine_share: float = 0.0
 
     @classmethod
     def build(cls, cfg: Config, head_loss: str, regularised: bool, branches: bool,
@@ -77,8 +80,13 @@ class Objective:
             extra.append(Term("lsl", cfg.lsl.weight))
         if method is None:
             return cls(tuple(model), tuple(extra))
+        fine = cfg.distill.episodes == "fine"
+        if fine and cfg.train.fine_grained_share == 0:
+            raise ConfigError("config field 'distill.episodes' is 'fine' but train.fine_grained_share is 0, so no "
+                              "step would distil; draw some fine-grained episodes (train.fine_grained_share=0.5) "
+                              "or set distill.episodes=all")
         return cls(tuple(model), tuple(extra), method.terms, cfg.distill.weight, cfg.distill.warmup,
-                   cfg.distill.every, cfg.distill.until)
+                   cfg.distill.every, cfg.distill.until, cfg.train.fine_grained_share if fine else 0.0)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -88,9 +96,16 @@ class Objective:
         """The model's own episode loss (what each late-fusion branch is trained on too)."""
         return weighted_sum(values, self.model)
 
-    def distills_at(self, step: int, steps: int) -> bool:
-        """Whether the distillation terms are part of the loss at ``step`` of ``steps``."""
-        return bool(self.distill) and step % self.every == 0 and step < self.until * steps
+    @property
+    def scale(self) -> float:
+        """How much heavier the distillation terms weigh on the steps that have them (1 / their share)."""
+        return self.every / (self.fine_share or 1.0)
+
+    def distills_at(self, step: int, steps: int, fine: bool = True) -> bool:
+        """Whether the distillation terms are part of the loss at ``step`` of ``steps`` (``fine``: whether its
+        episodes are fine-grained)."""
+        return (bool(self.distill) and step % self.every == 0 and step < self.until * steps
+                and (fine or not self.fine_share))
 
     def ramp(self, step: int, steps: int) -> float:
         """Lambda's warm-up factor at ``step`` of ``steps``."""
@@ -101,7 +116,7 @@ class Objective:
         """The loss of ``step`` of ``steps``; ``distil`` False leaves the distillation terms out of any step."""
         total = weighted_sum(values, (*self.model, *self.extra))
         if distil and self.distills_at(step, steps):
-            total = total + self.ramp(step, steps) * self.weight * self.every * weighted_sum(values, self.distill)
+            total = total + self.ramp(step, steps) * self.weight * self.scale * weighted_sum(values, self.distill)
         return total
 
     def __str__(self) -> str:
@@ -109,8 +124,10 @@ class Objective:
         if self.distill:
             ramp = f"·ramp(t, {self.warmup:g})" if self.warmup > 0 else ""
             when = [f"every {self.every} steps"] if self.every > 1 else []
+            if self.fine_share:
+                when.append("fine-grained episodes only")
             if self.until < 1:
                 when.append(f"the first {self.until:g} of the steps")
             suffix = f" ({', '.join(when)})" if when else ""
-            text += f" + {self.weight * self.every:g}{ramp}·({_text(self.distill)}){suffix}"
+            text += f" + {self.weight * self.scale:g}{ramp}·({_text(self.distill)}){suffix}"
         return text

@@ -91,10 +91,10 @@ class Trainer:
     def best_acc(self) -> float:
         return self.state.progress.best_acc
 
-    @property
-    def distilling(self) -> bool:
-        """Whether a step distils now (``distill.while_teacher_leads``: not after a validation the student led)."""
-        return self.distiller is not None and self.distiller.leads(self.history, self.validate)
+    def distils(self, step: int) -> bool:
+        """Whether ``step`` distils: its turn in the objective, and the teacher ahead (``while_teacher_leads``)."""
+        return (self.distiller is not None and self.distiller.leads(self.history, self.validate)
+                and self.objective.distills_at(step, self.schedule.steps, self.schedule.fine(step)))
 
     @property
     def history(self) -> list[dict]:
@@ -114,7 +114,7 @@ class Trainer:
         flat = self.data.upload(rows)
         live = self.distiller.live if self.distiller is not None else None
         needs_images = self.model.uses_image or (live is not None and live.uses_image)
-        distiller = self.distiller if self.distilling and self.objective.distills_at(step, sched.steps) else None
+        distiller = self.distiller if self.distils(step) else None
         augment = cfg.data.augment and not (distiller is not None and cfg.distill.clean_steps)  # clean steps
         images = self.data.images_for(rows, augment, gen, cfg.data.hflip) if needs_images else None
         if needs_images and step + 1 < sched.steps:

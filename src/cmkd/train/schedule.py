@@ -42,9 +42,13 @@ class EpisodeSchedule:
         """Training episodes done after ``step`` steps (over all ranks)."""
         return step * self.train.episodes_per_step * self.ranks.world
 
+    def fine(self, step: int) -> bool:
+        """Whether ``step``'s episodes are fine-grained (all classes of each from one group)."""
+        t = self.train
+        return len(self.samplers) > 1 and \
+            np.random.default_rng(seed_for(t.seed, "episode kind", self.slot(step))).random() < t.fine_grained_share
+
     def indices(self, step: int) -> np.ndarray:
-        t, slot = self.train, self.slot(step)
-        fine = len(self.samplers) > 1 and \
-            np.random.default_rng(seed_for(t.seed, "episode kind", slot)).random() < t.fine_grained_share
-        return self.samplers[int(fine)].batch(seed_for(t.seed, "episodes"), slot * t.episodes_per_step,
-                                              t.episodes_per_step)
+        t = self.train
+        return self.samplers[int(self.fine(step))].batch(seed_for(t.seed, "episodes"),
+                                                         self.slot(step) * t.episodes_per_step, t.episodes_per_step)
