@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cmkd import distributed
 from cmkd.checkpoint import (
     load_checkpoint,
     load_latest_good,
@@ -189,9 +190,11 @@ def test_distilling_every_third_step_triples_the_weight_and_leaves_the_other_ste
     assert any("srl_rel" in r for r in logged if r["kind"] == "train")
 
 
-def test_distilling_fine_grained_episodes_only_distils_exactly_the_steps_drawn_fine_grained(small, fast_cfg):
+def test_distilling_fine_grained_episodes_only_distils_exactly_the_steps_drawn_fine_grained(small, fast_cfg,
+                                                                                             monkeypatch):
     """``distill.episodes=fine``: a step has the distillation terms iff its episodes are fine-grained, twice as
-    heavily at ``train.fine_grained_share=0.5``, and the episodes drawn are those of ``distill.episodes=all``."""
+    heavily at ``train.fine_grained_share=0.5``, and the episodes drawn are those of ``distill.episodes=all``.
+    Several processes draw their own kinds of episode in a step, so it is refused there."""
     teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
     runs = {kind: Trainer(fast_cfg(**{"name": kind, "distill.episodes": kind, "train.fine_grained_share": 0.5}), small,
                           teacher=teacher) for kind in ("fine", "all")}
@@ -205,6 +208,9 @@ def test_distilling_fine_grained_episodes_only_distils_exactly_the_steps_drawn_f
                                                                runs["all"].schedule.indices(step))
         if kind:
             assert torch.allclose(logs["loss"], logs["ce"] + 8 * (logs["srl_rel"] + logs["srl_dist"]))
+    monkeypatch.setattr(distributed, "ranks", lambda: distributed.Ranks(0, 2))  # ranks draw their own kinds
+    with pytest.raises(ConfigError, match=r"distill.episodes=fine needs one training process.*distill.every"):
+        distiller.Distiller(teacher, fine.distiller.method, fine.cfg, fine.data)
 
 
 def test_an_unaugmented_image_student_takes_the_srls_clean_view_from_its_training_forward(small, fast_cfg):

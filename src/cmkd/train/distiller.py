@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmkd import distributed
 from cmkd.checkpoint import state_digest
 from cmkd.config import Config
 from cmkd.data.dataset import FewShotDataset
@@ -54,6 +55,10 @@ class Distiller:
     def __init__(self, teacher: FewShotModel, method: Method, cfg: Config, data: DeviceData,
                  cache: Embedded | None = None) -> None:
         check_teacher_images(teacher, data.dataset)
+        if cfg.distill.episodes == "fine" and distributed.ranks().world > 1:
+            raise ConfigError("distill.episodes=fine needs one training process: each process draws its own kind "
+                              "of episode, so one would distil a step that another does not; train in one process "
+                              "or choose the steps with distill.every")
         self.digest = state_digest(teacher)
         self.teacher = copy.deepcopy(teacher).to(data.device).eval().requires_grad_(False)
         self.method, self.cfg, self.data = method, cfg, data
