@@ -144,8 +144,9 @@ def test_distilling_fine_grained_episodes_only_keeps_the_mean_weight():
     assert str(objective) == "loss = ce + 16·(srl_rel + srl_dist) (fine-grained episodes only)"
     v = {"ce": torch.tensor(0.0), "srl_rel": torch.tensor(1.0), "srl_dist": torch.tensor(0.0)}
     fine = [step % 4 == 1 for step in range(100)]  # a quarter of the steps fine-grained
-    per_step = [objective(v, s, 100).item() if objective.distills_at(s, 100, f) else 0.0 for s, f in enumerate(fine)]
+    per_step = [objective(v, s, 100, fine=f).item() for s, f in enumerate(fine)]
     assert per_step[:5] == [0.0, 16.0, 0.0, 0.0, 0.0] and sum(per_step) / 100 == cfg.distill.weight
+    assert [objective.distills_at(s, 100, f) for s, f in enumerate(fine)] == fine
     assert all(objective.distills_at(s, 100, True) for s in range(100))
     cfg.distill.every = 2
     assert Objective.build(cfg, "ce", False, False, SpatialRelation(cfg.distill)).scale == 8.0

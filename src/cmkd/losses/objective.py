@@ -112,10 +112,11 @@ class Objective:
         return min(1.0, step / (self.warmup * steps)) if self.warmup > 0 else 1.0
 
     def __call__(self, values: Mapping[str, torch.Tensor], step: int = 0, steps: int = 1,
-                 distil: bool = True) -> torch.Tensor:
-        """The loss of ``step`` of ``steps``; ``distil`` False leaves the distillation terms out of any step."""
+                 distil: bool = True, fine: bool = True) -> torch.Tensor:
+        """The loss of ``step`` of ``steps`` (``fine``: whether its episodes are fine-grained); ``distil`` False
+        leaves the distillation terms out of any step."""
         total = weighted_sum(values, (*self.model, *self.extra))
-        if distil and self.distills_at(step, steps):
+        if distil and self.distills_at(step, steps, fine):
             total = total + self.ramp(step, steps) * self.weight * self.scale * weighted_sum(values, self.distill)
         return total
 
