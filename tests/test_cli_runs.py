@@ -40,6 +40,10 @@ def test_distill_refuses_a_one_modality_teacher(tmp_path, capsys):
     assert main(["train", "--name", "plain", out, *FAST]) == 0
     assert main(["distill", "--teacher", str(tmp_path / "plain"), "--name", "s", out, *FAST]) == 2
     assert "CMKD needs a teacher with the other modality" in capsys.readouterr().err
+    # the self-distillation control: accepted when asked for, and it distils (the SRL's terms are in the loss)
+    assert main(["distill", "--teacher", str(tmp_path / "plain"), "--name", "s", "--same-modality", out, *FAST]) == 0
+    logged = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["srl_rel"] > 0 and r["loss"] > r["ce"] for r in logged if r["kind"] == "train")
 
 
 def test_evaluate_a_missing_run_is_a_clear_error(tmp_path, capsys):

@@ -109,9 +109,10 @@ def cmd_distill(args: argparse.Namespace) -> None:
     configure_cpu(cfg.train.threads)
     device = distributed.setup(args.device)
     teacher, metas = load_teacher(cfg.distill.teacher, device)
-    if teacher.cfg.modality == cfg.model.modality:
+    if teacher.cfg.modality == cfg.model.modality and not args.same_modality:
         raise ConfigError(f"the teacher at {cfg.distill.teacher} sees only {teacher.cfg.modality}; CMKD needs a "
-                          "teacher with the other modality too (train one with --modality image+text)")
+                          "teacher with the other modality too (train one with --modality image+text), or pass "
+                          "--same-modality to distil from it as a self-distillation control")
     init = load_model(args.init, device)[0] if args.init else None
     dataset = load_dataset(cfg.data)
     check_teacher_images(teacher, dataset)
@@ -608,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "ensemble teaches (sets distill.teacher)")
     d.add_argument("--method", choices=choices("distill.method"), help="sets distill.method")
     d.add_argument("--init", type=Path, help="start the student from this checkpoint")
+    d.add_argument("--same-modality", action="store_true",
+                   help="accept a teacher that sees only the student's modality: the control that measures how much "
+                   "of a gain is self-distillation rather than cross-modal")
     d.set_defaults(func=cmd_distill)
 
     e = add("evaluate", "score runs on the same fixed episodes and compare them")
