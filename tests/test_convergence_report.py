@@ -319,3 +319,43 @@ def test_a_run_flag_that_would_change_the_grids_one_dataset_is_refused_before_an
             convergence.main()
     assert convergence.changed_data({"data.dataset": "glyphs", "data.low_res": 8},
                                     {"data.low_res": 8, "data.image_size": 32, "data.augment": False}) == []
+
+
+def test_an_ensemble_cell_scores_the_mean_of_its_members_on_the_grids_episodes(small, tmp_path):
+    """``Grid.score_ensemble`` on real models and episodes: an ensemble of two copies of one teacher scores every
+    episode exactly as that teacher does, the order of two different members does not matter, and each of them
+    counts (the pair scores differently from either alone); the cell names its members and sums their time."""
+    import torch
+
+    from cmkd.config import ModelConfig
+    from cmkd.data.device import DeviceData
+    from cmkd.eval.evaluate import episode_list
+    from cmkd.models.fewshot import FewShotModel
+
+    grid = object.__new__(convergence.Grid)
+    grid.cells, grid.eval_episodes, grid.data = tmp_path, 3, DeviceData(small)
+    grid.lists = {}
+    for label in ("val 1-shot FG", "novel 5-shot"):  # two of the grid's settings, for speed
+        split, seed, setting = convergence.SETTINGS[label]
+        grid.lists[label] = episode_list(grid.data, split, setting, 3, seed)
+    teachers = []
+    for seed, seconds in ((0, 10.0), (1, 32.5)):
+        torch.manual_seed(seed)
+        name = f"teacher_e40_s{seed}"
+        (tmp_path / f"{name}.json").write_text(json.dumps({"config": {"name": name}, "train_seconds": seconds}))
+        model = FewShotModel(ModelConfig(modality="image"), 1, 32, None)
+        teachers.append(argparse.Namespace(cfg=argparse.Namespace(name=name), model=model))
+
+    def scored(name: str, members: list) -> dict:
+        grid.score_ensemble(name, members)
+        return json.loads((tmp_path / f"{name}.json").read_text())
+
+    alone = [grid._evaluate(t.model)["per_episode"] for t in teachers]
+    twice = scored("teacher_x2a_e40_s0", [teachers[0], teachers[0]])
+    assert twice["per_episode"] == alone[0]
+    pair = scored("teacher_x2_e40_s1", teachers)
+    assert pair["members"] == ["teacher_e40_s0", "teacher_e40_s1"] and pair["train_seconds"] == 42.5
+    assert pair["config"] == {"name": "teacher_e40_s0"} and pair["history"] == []
+    assert scored("teacher_x2b_e40_s1", teachers[::-1])["per_episode"] == pair["per_episode"]
+    assert all(pair["per_episode"] != a for a in alone)
+    assert pair["accuracy"] == pytest.approx({k: np.mean(v) for k, v in pair["per_episode"].items()}, abs=1e-4)
