@@ -9,8 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from cmkd.config import ModelConfig
+from cmkd.data.device import DeviceData
 from cmkd.errors import FolderInUseError, OutputFolderError
+from cmkd.eval.evaluate import episode_list
+from cmkd.models.fewshot import FewShotModel
 from cmkd.run_folder import RunDirectory
 from conftest import load_benchmark
 
@@ -325,13 +330,6 @@ def test_an_ensemble_cell_scores_the_mean_of_its_members_on_the_grids_episodes(s
     """``Grid.score_ensemble`` on real models and episodes: an ensemble of two copies of one teacher scores every
     episode exactly as that teacher does, the order of two different members does not matter, and each of them
     counts (the pair scores differently from either alone); the cell names its members and sums their time."""
-    import torch
-
-    from cmkd.config import ModelConfig
-    from cmkd.data.device import DeviceData
-    from cmkd.eval.evaluate import episode_list
-    from cmkd.models.fewshot import FewShotModel
-
     grid = object.__new__(convergence.Grid)
     grid.cells, grid.eval_episodes, grid.data = tmp_path, 3, DeviceData(small)
     grid.lists = {}
