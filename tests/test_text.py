@@ -1,5 +1,9 @@
+import dataclasses
+
 import torch
 
+from cmkd.data.dataset import FewShotDataset
+from cmkd.data.device import DeviceData
 from cmkd.data.text import UNK, CaptionTable, Vocab, clean_caption, tokenize
 
 
@@ -31,3 +35,28 @@ def test_caption_table_dedupes_and_picks_among_a_samples_captions():
     assert set(picks[:, 1].tolist()) == {0}
     assert set(picks[:, 2].tolist()) == {1, 2, 3}
     assert table.first_ids(torch.tensor([2])).tolist() == [2]
+
+
+def test_a_dataset_builds_its_vocabulary_and_each_kind_of_caption_table_once():
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    data = FewShotDataset.from_samples(images, ["x", "x", "y", "y"], ["a b", "c", "a d", "e"],
+                                       splits={"x": "base", "y": "novel"})
+    assert data.base_vocabulary() is data.base_vocabulary()
+    assert data.base_vocabulary().words[2:] == ["a", "b", "c"]  # the novel class's words stay unseen
+    calls: list[str] = []
+
+    def prepare(kind: str):
+        return lambda texts: (calls.append(kind), torch.arange(len(texts)))[1]
+
+    first = DeviceData(data).caption_table("tokens", prepare("tokens"))
+    assert DeviceData(data).caption_table("tokens", prepare("tokens")).inputs is first.inputs  # a second model
+    DeviceData(data).caption_table(1234, prepare("by id"))  # a key that is no name is built per placement
+    DeviceData(data).caption_table(1234, prepare("by id"))
+    assert calls == ["tokens", "by id", "by id"]
+    for kind in ("other", "third", "tokens"):  # the last two kinds are kept
+        data.caption_table(kind, prepare(kind))
+    assert calls[3:] == ["other", "third", "tokens"]
+    renamed = dataclasses.replace(data, captions=[("z",)] * 4)  # a changed copy derives its own
+    assert renamed.base_vocabulary().words[2:] == ["z"]
+    assert renamed.caption_table("tokens", prepare("copy")).counts.tolist() == [1, 1, 1, 1]
+    assert calls[-1] == "copy"

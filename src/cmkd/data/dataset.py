@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ import torch
 from cmkd.config import SPLITS
 from cmkd.data.images import ImageLike, as_image
 from cmkd.data.splits import split_by_group
-from cmkd.data.text import Vocab
+from cmkd.data.text import CaptionTable, Vocab
 from cmkd.errors import DatasetError
 
 
@@ -33,6 +33,9 @@ class FewShotDataset:
     ``captions[i]`` the text descriptions of sample ``i`` (ten per image for CUB and for
     the glyphs' generated descriptions); ``groups[c]`` the fine-grained group of class ``c``;
     ``splits`` maps 'base'/'val'/'novel' to class indices.
+
+    What is derived from the content (digest, base vocabulary, caption tables) is computed once per
+    dataset object: treat a dataset as read-only and make a changed one with :func:`dataclasses.replace`.
     """
 
     name: str
@@ -45,6 +48,8 @@ class FewShotDataset:
     meta: dict = field(default_factory=dict)
     files: list[str] | None = None  # where each sample came from, for messages
     _digest: str | None = field(default=None, init=False, repr=False, compare=False)
+    _vocab: Vocab | None = field(default=None, init=False, repr=False, compare=False)
+    _tables: dict[str, CaptionTable] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -136,9 +141,20 @@ class FewShotDataset:
 
     def base_vocabulary(self) -> Vocab:
         """The words of the base split's captions: what a text model may learn (val and novel text unseen)."""
-        base = set(self.split_classes("base"))
-        labels = self.labels.tolist()
-        return Vocab.build(c for i, caps in enumerate(self.captions) if labels[i] in base for c in caps)
+        if self._vocab is None:
+            base = set(self.split_classes("base"))
+            labels = self.labels.tolist()
+            self._vocab = Vocab.build(c for i, caps in enumerate(self.captions) if labels[i] in base for c in caps)
+        return self._vocab
+
+    def caption_table(self, key: str, prepare: Callable[[list[str]], torch.Tensor]) -> CaptionTable:
+        """The captions turned into encoder inputs by ``prepare``, built once per ``key`` (encoders with equal
+        keys take equal inputs) and kept for the next model on this dataset; the last two kinds are kept."""
+        if key not in self._tables:
+            if len(self._tables) >= 2:
+                del self._tables[next(iter(self._tables))]
+            self._tables[key] = CaptionTable.build(self.captions, prepare, self.files)
+        return self._tables[key]
 
     def with_class_name_captions(self) -> FewShotDataset:
         """A copy whose only caption per sample is its class name ("001.Black_footed_Albatross" ->

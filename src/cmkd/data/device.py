@@ -120,9 +120,11 @@ class DeviceData:
 
     def caption_table(self, key: object, prepare: Callable[[list[str]], torch.Tensor]) -> CaptionTable:
         """The captions turned into encoder inputs by ``prepare``, built once per ``key`` and kept on
-        the device (encoders that take the same inputs share one table)."""
+        the device (encoders that take the same inputs share one table; a text key shares the dataset's)."""
         if key not in self._tables:
-            self._tables[key] = CaptionTable.build(self.dataset.captions, prepare, self.dataset.files).to(self.device)
+            table = (self.dataset.caption_table(key, prepare) if isinstance(key, str)
+                     else CaptionTable.build(self.dataset.captions, prepare, self.dataset.files))
+            self._tables[key] = table.to(self.device)
         return self._tables[key]
 
     def upload(self, idx: Indices) -> torch.Tensor:
