@@ -56,7 +56,7 @@ def test_a_dataset_builds_its_vocabulary_and_each_kind_of_caption_table_once():
     for kind in ("other", "third", "tokens"):  # the last two kinds are kept
         data.caption_table(kind, prepare(kind))
     assert calls[3:] == ["other", "third", "tokens"]
-    renamed = dataclasses.replace(data, captions=[("z",)] * 4)  # a changed copy derives its own
-    assert renamed.base_vocabulary().words[2:] == ["z"]
-    assert renamed.caption_table("tokens", prepare("copy")).counts.tolist() == [1, 1, 1, 1]
+    changed = dataclasses.replace(data, captions=[("z",)] * 4)  # a changed copy derives its own
+    assert changed.base_vocabulary().words[2:] == ["z"]
+    assert changed.caption_table("tokens", prepare("copy")).counts.tolist() == [1, 1, 1, 1]
     assert calls[-1] == "copy"
