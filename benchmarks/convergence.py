@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 from cmkd.config import flatten, load_config, upgrade
@@ -52,7 +53,7 @@ from cmkd.eval.evaluate import episode_list, evaluate_lists
 from cmkd.eval.stats import over_seeds, paired_over_seeds
 from cmkd.files import write_atomic
 from cmkd.models.ensemble import TeacherEnsemble
-from cmkd.runtime import configure_cpu, provenance
+from cmkd.runtime import configure_cpu, pick_device, provenance
 from cmkd.train.loop import Trainer
 
 TEACHER, STUDENT, DISTILLED = "glyphs_teacher", "glyphs_student", "glyphs_distill"
@@ -74,13 +75,13 @@ class Grid:
     """Trains and scores cells, each once; everything under ``runs`` and ``cells``."""
 
     def __init__(self, dataset_name: str, runs: Path, cells: Path, common: dict, val_points: int,
-                 eval_episodes: int) -> None:
-        self.runs, self.cells, self.common = runs, cells, common
+                 eval_episodes: int, device: torch.device | str = "cpu") -> None:
+        self.runs, self.cells, self.common, self.device = runs, cells, common, torch.device(device)
         self.val_points, self.eval_episodes = val_points, eval_episodes
         self.cells.mkdir(parents=True, exist_ok=True)
         self.base = {"data.dataset": dataset_name, "out": str(runs), **common}
         self.dataset = load_dataset(load_config(STUDENT, flags=self.base).data)
-        self.data = DeviceData(self.dataset)
+        self.data = DeviceData(self.dataset, self.device)
         self.lists = {label: episode_list(self.data, split, s, eval_episodes, seed)
                       for label, (split, seed, s) in SETTINGS.items()}
         self.teachers: dict[str, Trainer] = {}
@@ -97,7 +98,7 @@ class Grid:
         key = "+".join(t.cfg.name for t in teachers)
         teacher = (None if not teachers else teachers[0].model if len(teachers) == 1
                    else TeacherEnsemble([t.model for t in teachers]))
-        trainer = Trainer(cfg, self.dataset, teacher=teacher, teacher_cache=self.caches.get(key))
+        trainer = Trainer(cfg, self.dataset, self.device, teacher=teacher, teacher_cache=self.caches.get(key))
         if teachers:  # one teacher pass serves all its students
             self.caches[key] = trainer.teacher_cache
         resume = (cfg.run_dir / "last.json").exists()
@@ -183,7 +184,8 @@ def run(args: argparse.Namespace) -> None:
             raise SystemExit(f"{option} {', '.join(changed)} would change the dataset, which the grid loads once for "
                              "every run; give data settings with --set (image students never read captions)")
     configure_cpu(args.threads)
-    grid = Grid(args.dataset, args.runs, args.cells, _pairs(args.set), args.val_points, args.eval_episodes)
+    grid = Grid(args.dataset, args.runs, args.cells, _pairs(args.set), args.val_points, args.eval_episodes,
+                pick_device(args.device))
     for seed in args.seeds:
         for budget in args.teacher_budgets:
             if not grid.done(cell_name("teacher", budget, seed, args.teacher_tag)):
@@ -468,6 +470,7 @@ def main() -> None:
     r.add_argument("--val-points", type=int, default=12, help="validations per run")
     r.add_argument("--eval-episodes", type=int, default=600)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--device", help="cpu, cuda, ... (none: cuda if available)")
     r.add_argument("--runs", type=Path, default=Path("runs/convergence"))
     r.add_argument("--cells", type=Path, default=Path("benchmarks/results/convergence"))
     p = sub.add_parser("report", help="pool the finished cells over seeds; table, JSON and plot")

@@ -19,6 +19,7 @@ import argparse
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from cmkd.config import load_config
@@ -26,7 +27,7 @@ from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.registry import load_dataset
 from cmkd.eval.compare import compare, table, write_json
-from cmkd.runtime import configure_cpu
+from cmkd.runtime import configure_cpu, pick_device
 from cmkd.train.loop import Trainer
 
 #: the shipped configs a user starts from: the teacher, the student alone, the distilled student
@@ -47,9 +48,10 @@ def _variant(text: str) -> tuple[str, dict]:
     return name.strip(), _pairs(rest.split())
 
 
-def _train(config: str, base: dict, overrides: dict, name: str, dataset, teacher=None, teacher_cache=None):
+def _train(config: str, base: dict, overrides: dict, name: str, dataset, teacher=None, teacher_cache=None,
+           device: torch.device | str = "cpu"):
     cfg = load_config(config, flags={**base, **overrides, "name": name})
-    trainer = Trainer(cfg, dataset, teacher=teacher, teacher_cache=teacher_cache)
+    trainer = Trainer(cfg, dataset, device, teacher=teacher, teacher_cache=teacher_cache)
     start = time.perf_counter()
     trainer.fit(desc=name, progress=False, overwrite=True)
     trainer.load_best()
@@ -75,9 +77,11 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=600, help="evaluation episodes per setting")
     ap.add_argument("--no-teacher-row", action="store_true")
     ap.add_argument("--runs", type=Path, default=Path("runs/transfer"))
+    ap.add_argument("--device", help="cpu, cuda, ... (none: cuda if available)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     configure_cpu()
+    device = pick_device(args.device)
     start = time.perf_counter()
     base = {"data.dataset": args.dataset, "out": str(args.runs), **_pairs(args.set)}
     dataset = load_dataset(load_config(STUDENT, flags=base).data)
@@ -88,7 +92,8 @@ def main() -> None:
         for seed in args.seeds:
             common = {**base, "model.head": head, "train.seed": seed}
             tag = f"{head}_s{seed}"
-            teacher, t_sec = _train(TEACHER, {**common, **_pairs(args.teacher_set)}, {}, f"{tag}_teacher", dataset)
+            teacher, t_sec = _train(TEACHER, {**common, **_pairs(args.teacher_set)}, {}, f"{tag}_teacher", dataset,
+                                    device=device)
             seconds[f"{head} teacher s{seed}"] = round(t_sec, 1)
             if not args.no_teacher_row:
                 runs.setdefault(f"{head}: teacher", []).append(teacher.model.eval())
@@ -100,7 +105,8 @@ def main() -> None:
                     distilled = method != "student" and overrides.get("distill.method") != "none"
                     trainer, sec = _train(DISTILLED if distilled else STUDENT, student_base, overrides,
                                           f"{tag}_{modality}_{method}".replace(" ", "_").replace("=", ""), dataset,
-                                          teacher.model if distilled else None, cache if distilled else None)
+                                          teacher.model if distilled else None, cache if distilled else None,
+                                          device)
                     if distilled:
                         cache = trainer.teacher_cache or cache
                     runs.setdefault(label, []).append(trainer.model.eval())
@@ -110,7 +116,7 @@ def main() -> None:
     groups = [f"{h}" if len(args.modalities) == 1 else f"{h} {m}" for h in args.heads for m in args.modalities]
     pairs = [(f"{g}: {m}", f"{g}: student") for g in groups for m in students if m != "student"]
     pairs += [(f"{g.split()[0]}: teacher", f"{g}: student") for g in groups if not args.no_teacher_row]
-    data = DeviceData(dataset)
+    data = DeviceData(dataset, device)
     for split in args.split:
         result = compare(runs, data, settings, split, args.episodes, 7 if split == "val" else 2021, pairs,
                          progress=False)

@@ -27,3 +27,30 @@ def test_quick_demo_writes_report_plots_and_results(tmp_path, capsys):
     assert "Quick mode" in report and "val_curves.png" in report and "relations.png" in report
     for png in ("val_curves.png", "relations.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_trains_and_scores_on_the_device_it_is_given(tmp_path, monkeypatch):
+    import pytest
+    import torch
+
+    from cmkd import demo
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def trainer(cfg, dataset, device="cpu", **kwargs):
+        seen.append(torch.device(device))
+        raise Stop
+
+    monkeypatch.setattr(demo, "Trainer", trainer)
+    with pytest.raises(Stop):
+        demo.run_demo(tmp_path / "demo", quick=True, device="meta")
+    assert seen == [torch.device("meta")], "the demo's runs train where the user asked, not on a fixed CPU"
+
+
+def test_demo_device_flag_is_checked(tmp_path, capsys):
+    assert main(["demo", "--quick", "--device", "tpu", "--out", str(tmp_path / "demo")]) == 2
+    assert "--device 'tpu' is not a device; use cpu, cuda or cuda:N" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

@@ -517,10 +517,10 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from cmkd.demo import run_demo
-    from cmkd.runtime import configure_cpu
+    from cmkd.runtime import configure_cpu, pick_device
 
     configure_cpu()
-    run_demo(Path(args.out), quick=args.quick, with_baselines=not args.no_baselines)
+    run_demo(Path(args.out), quick=args.quick, with_baselines=not args.no_baselines, device=pick_device(args.device))
 
 
 PRECEDENCE = "config precedence: defaults < --config file < flags you typed < section.key=value overrides"
@@ -546,7 +546,7 @@ EXAMPLES = {
     "datasets": ["cmkd datasets", "cmkd datasets --json"],
     "config": ["cmkd config list", "cmkd config keys",
                "cmkd config show glyphs_teacher train.lr=0.01              # the effective config"],
-    "demo": ["cmkd demo", "cmkd demo --quick --out /tmp/demo"],
+    "demo": ["cmkd demo", "cmkd demo --quick --out /tmp/demo", "cmkd demo --device cuda"],
     "probe": ["cmkd probe --config glyphs_student --fine-grained        # will the captions help?",
               "cmkd probe --config mine.yaml train.budget=plateau          # each part trained to its plateau"],
 }
@@ -703,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="runs/demo", help="folder of the runs, results.json and report.md")
     dm.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test, not a result)")
     dm.add_argument("--no-baselines", action="store_true", help="skip the KD baselines")
+    dm.add_argument("--device", help="cpu, cuda, ... (none: cuda if available)")
     dm.set_defaults(func=cmd_demo)
     return p
 

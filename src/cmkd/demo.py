@@ -14,6 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from cmkd.config import Config, load_config
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
@@ -51,8 +53,8 @@ def _slug(name: str) -> str:
 
 
 def run_demo(out: Path = Path("runs/demo"), quick: bool = False, with_baselines: bool = True,
-             episodes: int | None = None) -> dict:
-    """Train, evaluate and report; returns the evaluation result (also in ``out/results.json``)."""
+             episodes: int | None = None, device: torch.device | str = "cpu") -> dict:
+    """Train and evaluate on ``device``, and report; returns the evaluation result (also in ``out/results.json``)."""
     start = time.perf_counter()
     names = [n for n in RUNS if with_baselines or n not in BASELINES]
     configs = {n: load_config(RUNS[n][0], [*RUNS[n][1], *(QUICK if quick else []), f"out={out}",
@@ -66,7 +68,8 @@ def run_demo(out: Path = Path("runs/demo"), quick: bool = False, with_baselines:
         cfg: Config = configs[name]
         distilled = RUNS[name][0] == "glyphs_distill"
         shutil.rmtree(cfg.run_dir, ignore_errors=True)
-        trainer = Trainer(cfg, dataset, teacher=teacher if distilled else None, teacher_cache=teacher_cache)
+        trainer = Trainer(cfg, dataset, device, teacher=teacher if distilled else None,
+                          teacher_cache=teacher_cache)
         teacher_cache = trainer.teacher_cache or teacher_cache  # one teacher pass serves every student
         histories[name] = trainer.fit(desc=f"[{i + 1}/{len(names)}] {name}")
         trained[name] = trainer.load_best()
@@ -74,7 +77,7 @@ def run_demo(out: Path = Path("runs/demo"), quick: bool = False, with_baselines:
             teacher = trained[name]
     train_seconds = time.perf_counter() - start
 
-    data = DeviceData(dataset)
+    data = DeviceData(dataset, device)
     pairs = [(n, f"{n.split(' + ')[0]}") for n in names if " + " in n]
     pairs += [("teacher (image+text)", "image student"), ("teacher (image+text)", "text student")]
     result = compare(trained, data, SETTINGS, SPLIT, episodes or (50 if quick else EPISODES), SEED, pairs)
