@@ -106,7 +106,7 @@ def main() -> None:
                     trainer, sec = _train(DISTILLED if distilled else STUDENT, student_base, overrides,
                                           f"{tag}_{modality}_{method}".replace(" ", "_").replace("=", ""), dataset,
                                           teacher.model if distilled else None, cache if distilled else None,
-                                          device)
+                                          device=device)
                     if distilled:
                         cache = trainer.teacher_cache or cache
                     runs.setdefault(label, []).append(trainer.model.eval())

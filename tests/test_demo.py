@@ -2,6 +2,10 @@
 
 import json
 
+import pytest
+import torch
+
+from cmkd import demo
 from cmkd.cli import main
 
 
@@ -29,12 +33,7 @@ def test_quick_demo_writes_report_plots_and_results(tmp_path, capsys):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_trains_and_scores_on_the_device_it_is_given(tmp_path, monkeypatch):
-    import pytest
-    import torch
-
-    from cmkd import demo
-
+def test_demo_trains_on_the_device_it_is_given(tmp_path, monkeypatch):
     seen = []
 
     class Stop(Exception):
