@@ -48,7 +48,7 @@ from cmkd.config import flatten, load_config, upgrade
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.registry import CONTENT_KEYS, load_dataset
-from cmkd.errors import FolderInUseError
+from cmkd.errors import USER_ERRORS, FolderInUseError
 from cmkd.eval.evaluate import episode_list, evaluate_lists
 from cmkd.eval.stats import over_seeds, paired_over_seeds
 from cmkd.files import write_atomic
@@ -183,9 +183,9 @@ def run(args: argparse.Namespace) -> None:
         if changed := changed_data({"data.dataset": args.dataset, **_pairs(args.set)}, flags):
             raise SystemExit(f"{option} {', '.join(changed)} would change the dataset, which the grid loads once for "
                              "every run; give data settings with --set (image students never read captions)")
+    device = pick_device(args.device)  # checked before anything trains
     configure_cpu(args.threads)
-    grid = Grid(args.dataset, args.runs, args.cells, _pairs(args.set), args.val_points, args.eval_episodes,
-                pick_device(args.device))
+    grid = Grid(args.dataset, args.runs, args.cells, _pairs(args.set), args.val_points, args.eval_episodes, device)
     for seed in args.seeds:
         for budget in args.teacher_budgets:
             if not grid.done(cell_name("teacher", budget, seed, args.teacher_tag)):
@@ -490,7 +490,10 @@ def main() -> None:
     c.add_argument("--cells", type=Path, default=Path("benchmarks/results/convergence"))
     c.add_argument("--out", type=Path)
     args = ap.parse_args()
-    {"run": run, "report": report, "compare": compare}[args.command](args)
+    try:
+        {"run": run, "report": report, "compare": compare}[args.command](args)
+    except USER_ERRORS as err:  # names the file or flag and the fix: a line, not a traceback
+        raise SystemExit(f"convergence.py {args.command}: error: {err}") from None
 
 
 if __name__ == "__main__":

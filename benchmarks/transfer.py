@@ -26,6 +26,7 @@ from cmkd.config import load_config
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
 from cmkd.data.registry import load_dataset
+from cmkd.errors import USER_ERRORS
 from cmkd.eval.compare import compare, table, write_json
 from cmkd.runtime import configure_cpu, pick_device
 from cmkd.train.loop import Trainer
@@ -80,8 +81,16 @@ def main() -> None:
     ap.add_argument("--device", help="cpu, cuda, ... (none: cuda if available)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    try:
+        run(args)
+    except USER_ERRORS as err:  # names the file or flag and the fix: a line, not a traceback
+        raise SystemExit(f"transfer.py: error: {err}") from None
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train the teachers and students of every head and seed, score them and write ``args.out``."""
+    device = pick_device(args.device)  # checked before anything trains
     configure_cpu()
-    device = pick_device(args.device)
     start = time.perf_counter()
     base = {"data.dataset": args.dataset, "out": str(args.runs), **_pairs(args.set)}
     dataset = load_dataset(load_config(STUDENT, flags=base).data)
