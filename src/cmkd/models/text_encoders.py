@@ -39,17 +39,14 @@ def _need_vocab(vocab: Vocab | None, name: str) -> Vocab:
 log = logging.getLogger("cmkd")
 
 
-class BagOfWords(nn.Module):
-    """Mean of learned word embeddings, then a linear map (a bag-of-embeddings encoder)."""
+class _WordEncoder(nn.Module):
+    """An encoder of learned word embeddings over the training captions' vocabulary: its inputs are token ids."""
 
     needs_vocab = True
 
-    def __init__(self, vocab: Vocab | None, out_dim: int = 128, word_dropout: float = 0.0) -> None:
+    def __init__(self, vocab: Vocab | None, name: str, out_dim: int, word_dropout: float) -> None:
         super().__init__()
-        vocab = _need_vocab(vocab, "bow")
-        self.vocab, self.word_dropout, self.out_dim = vocab, word_dropout, out_dim
-        self.embed = nn.Embedding(len(vocab), out_dim, padding_idx=PAD)
-        self.proj = nn.Linear(out_dim, out_dim)
+        self.vocab, self.word_dropout, self.out_dim = _need_vocab(vocab, name), word_dropout, out_dim
 
     @property
     def input_key(self) -> str:
@@ -58,6 +55,15 @@ class BagOfWords(nn.Module):
 
     def prepare(self, texts: Sequence[str]) -> torch.Tensor:
         return self.vocab.encode_batch(texts)[:, :MAX_TOKENS]
+
+
+class BagOfWords(_WordEncoder):
+    """Mean of learned word embeddings, then a linear map (a bag-of-embeddings encoder)."""
+
+    def __init__(self, vocab: Vocab | None, out_dim: int = 128, word_dropout: float = 0.0) -> None:
+        super().__init__(vocab, "bow", out_dim, word_dropout)
+        self.embed = nn.Embedding(len(self.vocab), out_dim, padding_idx=PAD)
+        self.proj = nn.Linear(out_dim, out_dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = _drop_words(tokens, self.word_dropout, self.training)
@@ -66,26 +72,14 @@ class BagOfWords(nn.Module):
         return self.proj(mean)
 
 
-class BiGRU(nn.Module):
+class BiGRU(_WordEncoder):
     """Word embeddings -> bidirectional GRU -> masked mean pooling -> linear."""
 
-    needs_vocab = True
-
     def __init__(self, vocab: Vocab | None, out_dim: int = 128, word_dropout: float = 0.0, hidden: int = 128) -> None:
-        super().__init__()
-        vocab = _need_vocab(vocab, "bigru")
-        self.vocab, self.word_dropout, self.out_dim = vocab, word_dropout, out_dim
-        self.embed = nn.Embedding(len(vocab), hidden, padding_idx=PAD)
+        super().__init__(vocab, "bigru", out_dim, word_dropout)
+        self.embed = nn.Embedding(len(self.vocab), hidden, padding_idx=PAD)
         self.gru = nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
         self.proj = nn.Linear(2 * hidden, out_dim)
-
-    @property
-    def input_key(self) -> str:
-        """Encoders with equal keys take the same inputs (a caption table is built once for them)."""
-        return f"tokens:{self.vocab.key}:{MAX_TOKENS}"
-
-    def prepare(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.vocab.encode_batch(texts)[:, :MAX_TOKENS]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = _drop_words(tokens, self.word_dropout, self.training)
