@@ -22,9 +22,11 @@ to another, set its session's weight too: ``echo 19 > /proc/PID/autogroup``.
 
 A distilled student of seed ``s`` learns from the teacher cell of seed ``s`` at
 ``--teacher-episodes`` (trained first if missing; processes started together for students of one
-teacher take turns on it); with ``--teacher-seeds``, every student learns from the ensemble of those
-seeds' teachers (its cells are named ``_tNxK``, K teachers; the ensemble itself is scored as the cell
-``teacher_TAGxK``, one copy per student seed, for ``--gap``). Students and teachers share the shipped
+teacher take turns on it; when that teacher has no cell but one of its budget is stored under another
+``--teacher-tag``, the grid stops and names the tag rather than train a new teacher); with
+``--teacher-seeds``, every student learns from the ensemble of those seeds' teachers (its cells are named
+``_tNxK``, K teachers; the ensemble itself is scored as the cell ``teacher_TAGxK``, one copy per student
+seed, for ``--gap``). Students and teachers share the shipped
 configs (``glyphs_student``, ``glyphs_distill``, ``glyphs_teacher``); validation runs
 ``--val-points`` times per run, so every budget is selected on the same number of checks.
 ``--teacher-set model.modality=image`` (or ``text``) with its own ``--teacher-tag`` trains the teacher's
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -177,8 +180,27 @@ def changed_data(base: dict, flags: dict) -> list[str]:
     return [f"data.{k}={getattr(theirs, k)}" for k in CONTENT_KEYS if getattr(theirs, k) != getattr(ours, k)]
 
 
+def other_teachers(cells: Path, runs: Path, episodes: int, seeds: list[int], tag: str) -> list[str]:
+    """The tags of stored teacher cells at ``episodes`` for ``seeds`` when the tagged one the students would learn
+    from has neither a cell nor a run folder: a forgotten ``--teacher-tag`` would silently train a new teacher."""
+    wanted = [cell_name("teacher", episodes, s, tag) for s in seeds]
+    if any((cells / f"{n}.json").exists() or (runs / n).exists() for n in wanted):
+        return []
+    found = {p.stem.removeprefix("teacher").removesuffix(f"_e{episodes}_s{s}").lstrip("_")
+             for s in seeds for p in cells.glob(f"teacher*_e{episodes}_s{s}.json")}
+    return sorted(t for t in found if t != tag and not re.search(r"x\d+$", t))  # TAGxK: an ensemble's score
+
+
 def run(args: argparse.Namespace) -> None:
     teacher_flags, student_flags = _pairs(args.teacher_set), _pairs(args.student_set)
+    distilled = any(m != "none" for m in args.methods) and bool(args.budgets)
+    if distilled and args.teacher_episodes not in args.teacher_budgets and (
+            tags := other_teachers(args.cells, args.runs, args.teacher_episodes, args.seeds, args.teacher_tag)):
+        named = ", ".join(f"--teacher-tag {t}" if t else "no --teacher-tag" for t in tags)
+        wanted = cell_name("teacher", args.teacher_episodes, args.seeds[0], args.teacher_tag)
+        raise SystemExit(f"no teacher cell {wanted}"
+                         f" (nor its run folder) exists, but teachers at {args.teacher_episodes} episodes do with "
+                         f"{named}: give that, or add --teacher-budgets {args.teacher_episodes} to train the new one")
     for option, flags in (("--teacher-set", teacher_flags), ("--student-set", student_flags)):
         if changed := changed_data({"data.dataset": args.dataset, **_pairs(args.set)}, flags):
             raise SystemExit(f"{option} {', '.join(changed)} would change the dataset, which the grid loads once for "

@@ -357,3 +357,26 @@ def test_an_ensemble_cell_scores_the_mean_of_its_members_on_the_grids_episodes(s
     assert scored("teacher_x2b_e40_s1", teachers[::-1])["per_episode"] == pair["per_episode"]
     assert all(pair["per_episode"] != a for a in alone)
     assert pair["accuracy"] == pytest.approx({k: np.mean(v) for k, v in pair["per_episode"].items()}, abs=1e-4)
+
+
+def test_a_forgotten_teacher_tag_stops_the_grid_before_it_trains_a_new_teacher(tmp_path):
+    """Students of ``--teacher-tag lowres8`` teachers run without the tag would silently train an untagged
+    teacher: with no cell or run folder for the teacher asked for but a stored one under another tag, the grid
+    stops at once and names the tag; an ensemble's score (``TAGxK``) is not a teacher to name."""
+    cells, runs = tmp_path / "cells", tmp_path / "runs"
+    cells.mkdir()
+    for name in ("teacher_lowres8_e38400_s0", "teacher_lowres8_e38400_s1", "teacher_lowres8x3_e38400_s0",
+                 "teacher_e9600_s0"):
+        (cells / f"{name}.json").write_text("{}")
+    assert convergence.other_teachers(cells, runs, 38400, [0, 1], "") == ["lowres8"]
+    assert convergence.other_teachers(cells, runs, 38400, [0, 1], "lowres8") == []
+    assert convergence.other_teachers(cells, runs, 9600, [0], "lowres8") == [""]
+    assert convergence.other_teachers(cells, runs, 19200, [0], "") == []  # nothing stored: trained first, as before
+    (runs / "teacher_e38400_s1").mkdir(parents=True)  # a new untagged teacher under way: resumed, not refused
+    assert convergence.other_teachers(cells, runs, 38400, [0, 1], "") == []
+    args = argparse.Namespace(teacher_set=[], student_set=[], methods=["none", "kd"], budgets=[76800], seeds=[0],
+                              teacher_episodes=38400, teacher_budgets=[], teacher_tag="", cells=cells, runs=runs)
+    with pytest.raises(SystemExit, match=r"no teacher cell teacher_e38400_s0 .*--teacher-tag lowres8: give that, "
+                                         r"or add --teacher-budgets 38400"):
+        convergence.run(args)
+    assert not any(runs.glob("*_s0"))  # nothing trained
