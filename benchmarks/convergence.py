@@ -194,10 +194,11 @@ def other_teachers(cells: Path, runs: Path, episodes: int, seeds: list[int], tag
 def run(args: argparse.Namespace) -> None:
     teacher_flags, student_flags = _pairs(args.teacher_set), _pairs(args.student_set)
     distilled = any(m != "none" for m in args.methods) and bool(args.budgets)
+    teacher_seeds = args.teacher_seeds or args.seeds
     if distilled and args.teacher_episodes not in args.teacher_budgets and (
-            tags := other_teachers(args.cells, args.runs, args.teacher_episodes, args.seeds, args.teacher_tag)):
+            tags := other_teachers(args.cells, args.runs, args.teacher_episodes, teacher_seeds, args.teacher_tag)):
         named = ", ".join(f"--teacher-tag {t}" if t else "no --teacher-tag" for t in tags)
-        wanted = cell_name("teacher", args.teacher_episodes, args.seeds[0], args.teacher_tag)
+        wanted = cell_name("teacher", args.teacher_episodes, teacher_seeds[0], args.teacher_tag)
         raise SystemExit(f"no teacher cell {wanted}"
                          f" (nor its run folder) exists, but teachers at {args.teacher_episodes} episodes do with "
                          f"{named}: give that, or add --teacher-budgets {args.teacher_episodes} to train the new one")

@@ -375,8 +375,11 @@ def test_a_forgotten_teacher_tag_stops_the_grid_before_it_trains_a_new_teacher(t
     (runs / "teacher_e38400_s1").mkdir(parents=True)  # a new untagged teacher under way: resumed, not refused
     assert convergence.other_teachers(cells, runs, 38400, [0, 1], "") == []
     args = argparse.Namespace(teacher_set=[], student_set=[], methods=["none", "kd"], budgets=[76800], seeds=[0],
-                              teacher_episodes=38400, teacher_budgets=[], teacher_tag="", cells=cells, runs=runs)
+                              teacher_episodes=38400, teacher_budgets=[], teacher_seeds=[], teacher_tag="",
+                              cells=cells, runs=runs)
     with pytest.raises(SystemExit, match=r"no teacher cell teacher_e38400_s0 .*--teacher-tag lowres8: give that, "
                                          r"or add --teacher-budgets 38400"):
         convergence.run(args)
+    with pytest.raises(SystemExit, match=r"no teacher cell teacher_e38400_s0 "):  # an ensemble's members are checked
+        convergence.run(argparse.Namespace(**{**vars(args), "seeds": [1], "teacher_seeds": [0]}))
     assert not any(runs.glob("*_s0"))  # nothing trained
