@@ -26,9 +26,9 @@ teacher take turns on it; when that teacher has no cell but one of its budget is
 ``--teacher-tag``, the grid stops and names the tag rather than train a new teacher); with
 ``--teacher-seeds``, every student learns from the ensemble of those seeds' teachers (its cells are named
 ``_tNxK``, K teachers; the ensemble itself is scored as the cell ``teacher_TAGxK``, one copy per student
-seed, for ``--gap``). Students and teachers share the shipped
-configs (``glyphs_student``, ``glyphs_distill``, ``glyphs_teacher``); validation runs
-``--val-points`` times per run, so every budget is selected on the same number of checks.
+seed, for ``--gap``). Students and teachers share the shipped configs (``glyphs_student``,
+``glyphs_distill``, ``glyphs_teacher``); validation runs ``--val-points`` times per run, so every budget is
+selected on the same number of checks.
 ``--teacher-set model.modality=image`` (or ``text``) with its own ``--teacher-tag`` trains the teacher's
 recipe without the other modality: the control whose students show how much of a gain is
 self-distillation (RESULTS.md, "Controls at the plateau").
