@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from cmkd import distributed
+from cmkd.cli import main
 from cmkd.config import load_config
 from cmkd.distributed import Ranks, shard
 from cmkd.runtime import configure_cpu
@@ -114,3 +116,32 @@ def test_local_processes_share_the_cores(monkeypatch):
         assert configure_cpu(3) == 3, "an explicit train.threads wins"
     finally:
         torch.set_num_threads(before)
+
+
+class _FakeGroup:
+    """Stands in for an initialised two-rank process group and records what is called on it."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.calls: list[str] = []
+        for name, fn in {"is_available": lambda: True, "is_initialized": lambda: "destroy" not in self.calls,
+                         "get_world_size": lambda: 2, "barrier": lambda: self.calls.append("barrier"),
+                         "destroy_process_group": lambda: self.calls.append("destroy")}.items():
+            monkeypatch.setattr(distributed.dist, name, fn)
+
+
+def test_teardown_waits_for_the_peers_only_after_a_clean_run(monkeypatch):
+    group = _FakeGroup(monkeypatch)
+    distributed.teardown()
+    assert group.calls == ["barrier", "destroy"], "a clean exit leaves the group together"
+    group.calls.clear()
+    distributed.teardown(clean=False)
+    assert group.calls == ["destroy"], "after an error no rank waits for peers that may never come"
+
+
+def test_the_cli_leaves_the_group_cleanly_only_when_the_command_succeeded(monkeypatch, capsys):
+    seen: list[bool] = []
+    monkeypatch.setattr(distributed, "teardown", lambda clean=True: seen.append(clean))
+    assert main(["config", "list"]) == 0
+    assert main(["config", "show", "glyphs_student", "train.episodez=3"]) == 2
+    assert seen == [True, False]
+    assert "train.episodez" in capsys.readouterr().err

@@ -757,17 +757,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    clean = False
     try:
         for module in args.imports:
             _import_user_module(module)
         args.func(args)
+        clean = True
     except USER_ERRORS as err:
         # the project's own errors name the file or field and the fix; anything else is a bug: traceback
         print(f"cmkd {args.command}: error: {err}", file=sys.stderr)
         return 2
     finally:
         if "cmkd.distributed" in sys.modules:  # a command that joined a process group leaves it
-            sys.modules["cmkd.distributed"].teardown()
+            sys.modules["cmkd.distributed"].teardown(clean)
     return 0
 
 

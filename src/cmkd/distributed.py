@@ -90,6 +90,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def teardown() -> None:
+def teardown(clean: bool = True) -> None:
+    """Leave the process group.
+
+    After a clean run every rank first waits for the others, so that none closes its
+    connections while a peer still uses them (gloo then aborts the peer). After an error
+    a rank leaves at once: the others may never reach the barrier.
+    """
     if dist.is_available() and dist.is_initialized():
+        if clean and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
