@@ -124,7 +124,8 @@ class _FakeGroup:
     def __init__(self, monkeypatch) -> None:
         self.calls: list[str] = []
         for name, fn in {"is_available": lambda: True, "is_initialized": lambda: "destroy" not in self.calls,
-                         "get_world_size": lambda: 2, "barrier": lambda: self.calls.append("barrier"),
+                         "get_rank": lambda: 0, "get_world_size": lambda: 2,
+                         "barrier": lambda: self.calls.append("barrier"),
                          "destroy_process_group": lambda: self.calls.append("destroy")}.items():
             monkeypatch.setattr(distributed.dist, name, fn)
 

@@ -98,6 +98,6 @@ def teardown(clean: bool = True) -> None:
     a rank leaves at once: the others may never reach the barrier.
     """
     if dist.is_available() and dist.is_initialized():
-        if clean and dist.get_world_size() > 1:
-            dist.barrier()
+        if clean:
+            barrier()
         dist.destroy_process_group()
