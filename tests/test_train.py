@@ -19,7 +19,7 @@ from cmkd.checkpoint import (
 )
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
-from cmkd.errors import CheckpointError, ConfigError, TrainingDiverged
+from cmkd.errors import CheckpointError, ConfigError, TrainingCollapsed, TrainingDiverged
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.models import inputs
 from cmkd.train import distiller, loop
@@ -138,6 +138,18 @@ def test_nan_loss_stops_with_the_step_and_checkpoint(small, fast_cfg):
     with pytest.raises(TrainingDiverged, match=r"at step 0 .*no checkpoint was written yet"):
         trainer.fit(progress=False)
     assert not (trainer.run_dir / "last.json").exists(), "nothing is saved from a diverged run"
+
+
+def test_a_run_whose_predictions_stopped_depending_on_the_input_stops_at_its_next_validation(small, fast_cfg):
+    dead = Trainer(fast_cfg(), small)  # every other test's run is a healthy one that passes its validations
+    last_bn = [m for m in dead.model.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+    with torch.no_grad():  # every unit of the last block below zero: a dead ReLU, constant embeddings, no gradient
+        last_bn.weight.zero_()
+        last_bn.bias.fill_(-1.0)
+    with pytest.raises(TrainingCollapsed, match=r"by episode 20: every one of the 20 val episodes scored exactly "
+                                                r"chance \(1/5\).*no checkpoint was written yet.*lsl.weight"):
+        dead.fit(progress=False)
+    assert not (dead.run_dir / "last.json").exists()
 
 
 def test_distillation_step_runs_with_a_teacher(small, fast_cfg):

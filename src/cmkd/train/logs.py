@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from cmkd.errors import ConfigError, TrainingDiverged
+from cmkd.errors import ConfigError, TrainingCollapsed, TrainingDiverged
 from cmkd.files import open_append, write_atomic
 
 
@@ -92,8 +92,25 @@ def read_logs(pending: list[tuple[int, dict[str, torch.Tensor]]], run_dir: Path,
     for (step, _), row in zip(pending, rows):
         loss = row["loss"]
         if not math.isfinite(loss):
-            last = run_dir / "last.json"
-            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-            raise TrainingDiverged(f"loss became {loss} at step {step} (episode {episodes(step)}); {kept}; "
-                                   "lower train.lr and resume")
+            raise TrainingDiverged(f"loss became {loss} at step {step} (episode {episodes(step)}); "
+                                   f"{_kept(run_dir)}; lower train.lr and resume")
     return rows
+
+
+def stop_if_collapsed(acc: float, ci: float, n: int, way: int, episode: int, run_dir: Path) -> None:
+    """Stops a run whose validation scored exactly chance on each of its ``n`` episodes (``ci`` 0): its
+    predictions no longer depend on the input (a dead relation module or encoder); such runs were not seen to
+    recover."""
+    if n < 2 or ci != 0.0 or not math.isclose(acc, 1 / way, abs_tol=1e-6):
+        return
+    raise TrainingCollapsed(
+        f"training collapsed by episode {episode}: every one of the {n} val episodes scored exactly chance "
+        f"(1/{way}), so the model's predictions no longer depend on its input; {_kept(run_dir)}. Lower the "
+        "auxiliary weights (lsl.weight, distill.weight) or train.lr and train again: RelationNet's mean-squared "
+        "error is about a tenth of cross-entropy, and weights chosen for the other heads can collapse it "
+        "(on glyphs at 8 px lsl.weight=5 did in every seed, 0.05 in one of three)")
+
+
+def _kept(run_dir: Path) -> str:
+    last = run_dir / "last.json"
+    return f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
