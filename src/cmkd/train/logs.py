@@ -97,7 +97,7 @@ def read_logs(pending: list[tuple[int, dict[str, torch.Tensor]]], run_dir: Path,
     return rows
 
 
-def stop_if_collapsed(acc: float, ci: float, n: int, way: int, episode: int, run_dir: Path) -> None:
+def stop_if_collapsed(acc: float, ci: float, way: int, n: int, episode: int, run_dir: Path) -> None:
     """Stops a run whose validation scored exactly chance on each of its ``n`` episodes (``ci`` 0): its
     predictions no longer depend on the input (a dead relation module or encoder); such runs were not seen to
     recover."""

@@ -50,7 +50,7 @@ class Trainer:
                               "with `cmkd distill` (or Trainer(..., teacher=model)), or unset distill.teacher")
         if init is not None:
             check_same_model(init, cfg, dataset)
-        self.cfg, self.dataset, self.device = cfg, dataset, torch.device(device)
+        self.cfg, self.dataset, self.device, self.run_dir = cfg, dataset, torch.device(device), cfg.run_dir
         self.ranks = distributed.ranks()
         self.data = DeviceData(dataset, self.device, cfg.data.placement)
         self.precision = resolve_precision(cfg.train.precision, self.device)
@@ -77,7 +77,6 @@ class Trainer:
                                          seed_for(cfg.train.seed, "validation"))
         self.optimizer = build_optimizer(cfg.train, [*self.model.parameters(),
                                                      *(decoder.parameters() if decoder else [])])
-        self.run_dir = cfg.run_dir
         self.state = RunState(self.run_dir, self.model, self.optimizer, self.scaler, decoder, self.ranks, {
             "config": cfg.to_dict(), "objective": str(self.objective), "dataset": dataset.summary(),
             "dataset_sha256": dataset.content_digest(), "provenance": provenance(self.device),
@@ -189,8 +188,7 @@ class Trainer:
                     runlog.write("train", p.step, {k: round(v, 5) for k, v in means.items()})
             if validate:
                 acc, ci = self.validate(self.model)
-                stop_if_collapsed(acc, ci, len(self.val_episodes), self.val_setting.way, sched.episodes(p.step),
-                                  self.run_dir)
+                stop_if_collapsed(acc, ci, cfg.episode.way, len(self.val_episodes), sched.episodes(p.step), cfg.run_dir)
                 improved = p.record(acc, ci, sched.episodes(p.step), means, time.perf_counter() - start)
                 gate = self.distiller.gate(self.history, self.validate) if self.distiller is not None else {}
                 p.history[-1].update(gate)  # the run folder records when distill.while_teacher_leads turns
