@@ -708,17 +708,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is when a message is emitted (``main`` may run again with stderr
-    redirected or captured; a handler bound to the first stderr would write to a closed stream)."""
+class _StderrBesideBars(logging.Handler):
+    """Writes each message to whatever ``sys.stderr`` is when it is emitted (``main`` may run again with stderr
+    redirected or captured), on its own line above any progress bar (``tqdm.write`` clears and redraws it)."""
 
-    @property
-    def stream(self):  # noqa: ANN201
-        return sys.stderr
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
 
-    @stream.setter
-    def stream(self, value) -> None:  # noqa: ANN001
-        pass
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging's contract: a failing handler reports, never raises
+            self.handleError(record)
 
 
 def _show_messages() -> None:
@@ -726,7 +726,7 @@ def _show_messages() -> None:
     its messages (the objective, resumes, recoveries) on stderr, one plain line each."""
     log = logging.getLogger("cmkd")
     if not log.handlers:
-        handler = _CurrentStderr()
+        handler = _StderrBesideBars()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

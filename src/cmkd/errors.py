@@ -30,10 +30,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says where and what to lower."""
 
 
-class TrainingCollapsed(TrainingDiverged):
-    """The model's predictions stopped depending on its input (every val episode exactly at chance)."""
-
-
 #: What ``cmkd`` reports as a one-line error.
 USER_ERRORS = (ConfigError, DatasetError, ImageError, CheckpointError, OutputFolderError, TrainingDiverged,
                FileNotFoundError)

@@ -28,7 +28,7 @@ from cmkd.registry import METHODS
 from cmkd.runtime import forked_rng, provenance, resolve_precision, rng_state, seed_for
 from cmkd.train.distiller import Distiller
 from cmkd.train.forward import EpisodeForward, data_parallel
-from cmkd.train.logs import RunLog, RunningMeans, read_logs, stop_if_collapsed
+from cmkd.train.logs import RunLog, RunningMeans, read_logs, warn_if_at_chance
 from cmkd.train.lsl import LanguageShaping
 from cmkd.train.optim import build_optimizer, lr_factor, optimizer_step, set_lr
 from cmkd.train.pretrain import pretrain
@@ -188,7 +188,7 @@ class Trainer:
                     runlog.write("train", p.step, {k: round(v, 5) for k, v in means.items()})
             if validate:
                 acc, ci = self.validate(self.model)
-                stop_if_collapsed(acc, ci, cfg.episode.way, len(self.val_episodes), sched.episodes(p.step), cfg.run_dir)
+                warn_if_at_chance(acc, ci, cfg.episode.way, sched.episodes(p.step))
                 improved = p.record(acc, ci, sched.episodes(p.step), means, time.perf_counter() - start)
                 gate = self.distiller.gate(self.history, self.validate) if self.distiller is not None else {}
                 p.history[-1].update(gate)  # the run folder records when distill.while_teacher_leads turns
