@@ -1,4 +1,5 @@
-"""Training logs a user can open while a run trains: ``metrics.jsonl`` and, optionally, TensorBoard."""
+"""Training logs a user can open while a run trains (``metrics.jsonl`` and, optionally, TensorBoard), and the
+checks read from them: a non-finite loss stops the run, a validation not above chance warns."""
 
 from __future__ import annotations
 
