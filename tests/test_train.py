@@ -20,10 +20,12 @@ from cmkd.checkpoint import (
 )
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
+from cmkd.distributed import Ranks
 from cmkd.errors import CheckpointError, ConfigError, TrainingDiverged
 from cmkd.eval.evaluate import episode_list, evaluate_episodes
 from cmkd.models import inputs
 from cmkd.train import distiller, loop
+from cmkd.train import logs as run_logs
 from cmkd.train.distiller import embed_teacher as real_embed_teacher
 from cmkd.train.logs import RunningMeans
 from cmkd.train.loop import Trainer
@@ -156,6 +158,16 @@ def test_a_validation_not_above_chance_warns_and_names_the_weights_to_lower(smal
     warnings = [r.getMessage() for r in caplog.records if "not above chance" in r.getMessage()]
     assert len(warnings) == 2 and warnings[0].startswith("validation at episode 20 is not above chance: 20.00 ± 0.00%")
     assert "lsl.weight" in warnings[0] and (dead.run_dir / "last.json").exists()
+
+
+@pytest.mark.parametrize("rank, warns", [(0, True), (1, False)])
+def test_only_the_main_process_warns_about_chance(rank, warns, monkeypatch, caplog):
+    monkeypatch.setattr(run_logs, "ranks", lambda: Ranks(rank, 2))
+    with caplog.at_level(logging.WARNING, logger="cmkd"):
+        run_logs.warn_if_at_chance(0.2, 0.0, 5, 40)
+        run_logs.warn_if_at_chance(0.5, 0.02, 5, 80)  # above chance: never a warning
+    heads = [r.getMessage().split(":")[0] for r in caplog.records]
+    assert heads == ["validation at episode 40 is not above chance"] * warns
 
 
 def test_distillation_step_runs_with_a_teacher(small, fast_cfg):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from cmkd.distributed import ranks
 from cmkd.errors import ConfigError, TrainingDiverged
 from cmkd.files import open_append, write_atomic
 
@@ -101,8 +102,9 @@ def read_logs(pending: list[tuple[int, dict[str, torch.Tensor]]], run_dir: Path,
 
 def warn_if_at_chance(acc: float, ci: float, way: int, episode: int) -> None:
     """Warns when a validation is not above chance (its 95% interval reaches ``1/way``): a run that has not
-    started to learn, or one that collapsed (its scores equal for every class), which may or may not recover."""
-    if acc - ci > 1 / way + 1e-6:  # (float32 means of exactly chance land a hair above it)
+    started to learn, or one that collapsed (its scores equal for every class), which may or may not recover.
+    Under ``torchrun`` only the main process warns (every rank validates on the same gathered episodes)."""
+    if acc - ci > 1 / way + 1e-6 or not ranks().main:  # (float32 means of exactly chance land a hair above it)
         return
     logging.getLogger("cmkd").warning(
         "validation at episode %d is not above chance: %.2f ± %.2f%% against 1/%d. If it stays there the run has "
