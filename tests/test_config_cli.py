@@ -59,3 +59,24 @@ def test_cli_messages_go_to_the_stderr_of_the_moment(capsys):
     capsys.readouterr()
     logging.getLogger("cmkd").info("a message from cmkd")
     assert "a message from cmkd" in capsys.readouterr().err
+
+
+def test_cli_messages_print_on_their_own_line_above_a_progress_bar(capsys):
+    """A warning mid-run clears the bar's line first (a plain stream handler would glue it to the bar)."""
+    import logging
+    import sys
+
+    from tqdm import tqdm
+
+    from cmkd.cli import _show_messages
+
+    _show_messages()
+    capsys.readouterr()
+    with tqdm(total=10, file=sys.stderr, ncols=60, mininterval=0) as bar:
+        bar.update(3)
+        logging.getLogger("cmkd").warning("validation at episode 30 is not above chance")
+        bar.update(1)
+    err = capsys.readouterr().err
+    line = next(part for part in err.split("\n") if "not above chance" in part)
+    assert line.rsplit("\r", 1)[-1].lstrip(" ").startswith("validation at episode 30"), repr(line)
+    assert "3/10" in err and "4/10" in err.split("not above chance")[1], "the bar is drawn before and after"
