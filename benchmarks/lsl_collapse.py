@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from cmkd.config import load_config
+from cmkd.data.dataset import FewShotDataset
 from cmkd.data.registry import load_dataset
 from cmkd.files import write_atomic
 from cmkd.runtime import configure_cpu, provenance
@@ -29,12 +30,12 @@ from cmkd.train.loop import Trainer
 STEPS = (0, 5, 10, 20, 50, 99)
 
 
-def trace(weight: float, episodes: int, out: Path) -> dict:
+def trace(weight: float, episodes: int, out: Path, val_episodes: int = 100, data: FewShotDataset | None = None) -> dict:
     cfg = load_config("glyphs_student", [
         "data.low_res=8", "model.head=relationnet", f"lsl.weight={weight}", "train.seed=0", "train.threads=1",
-        f"train.episodes={episodes}", f"train.val_every={episodes}", "train.val_episodes=100",
+        f"train.episodes={episodes}", f"train.val_every={episodes}", f"train.val_episodes={val_episodes}",
         "train.val_fine_grained=false", f"out={out}", f"name=lsl{weight}"])
-    trainer = Trainer(cfg, load_dataset(cfg.data))
+    trainer = Trainer(cfg, data if data is not None else load_dataset(cfg.data))
     encoder = [p for n, p in trainer.model.named_parameters() if n.startswith("image_encoder")]
     last_bn = [m for m in trainer.model.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
     rows: dict[int, dict[str, float]] = {}
@@ -74,7 +75,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lsl_collapse.json"))
     args = p.parse_args()
     configure_cpu(1)
-    results = [trace(w, args.episodes, args.runs) for w in args.weights]
+    data = load_dataset(load_config("glyphs_student", ["data.low_res=8"]).data)
+    results = [trace(w, args.episodes, args.runs, data=data) for w in args.weights]
     write_atomic(args.out, json.dumps({"dataset": "glyphs, 8 px", "head": "relationnet", "seed": 0,
                                        "provenance": provenance(), "results": results}, indent=1))
     print("| lsl.weight | step | encoder gradient: MSE | encoder gradient: weighted caption | between-sample share |"
