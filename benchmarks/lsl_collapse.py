@@ -57,8 +57,8 @@ def trace(weight: float, episodes: int, out: Path, val_episodes: int = 100, data
                     rows[step][f"grad_{name}"] = 0.0
                     continue
                 grads = torch.autograd.grad(values[name] * w, encoder, retain_graph=True, allow_unused=True)
-                norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
-                rows.setdefault(step, {})[f"grad_{name}"] = norm.item()
+                norm = torch.cat([g.float().flatten() for g in grads if g is not None]).norm()
+                rows[step][f"grad_{name}"] = norm.item()
         return objective(values, step, steps, distil=distil)
 
     trainer.objective = measured  # type: ignore[assignment]
