@@ -3,7 +3,7 @@
 Language-shaped learning (Mu, Liang and Goodman, ACL 2020) adds ``lsl.weight`` x a caption decoder's NLL to the
 few-shot loss. On glyphs at 8 px, ``lsl.weight=5`` makes every RelationNet seed score each class alike within about
 100 episodes (RESULTS.md, "LSL at 76,800" for RelationNet); 0.005 trains. For each weight this trains the shipped
-image student (RelationNet head, seed 0, one thread) and records, at a few steps of its first episodes:
+image student (RelationNet head, each of ``--seeds``; one thread) and records, at a few steps of its first episodes:
 
 - the gradient norm that reaches the image encoder from the relation loss (MSE) and from the weighted caption loss;
 - the share of the last encoder block's variance (before its BatchNorm) that differs between samples at a
@@ -30,11 +30,12 @@ from cmkd.train.loop import Trainer
 STEPS = (0, 5, 10, 20, 50, 99)
 
 
-def trace(weight: float, episodes: int, out: Path, val_episodes: int = 100, data: FewShotDataset | None = None) -> dict:
+def trace(weight: float, episodes: int, out: Path, val_episodes: int = 100, data: FewShotDataset | None = None,
+          seed: int = 0) -> dict:
     cfg = load_config("glyphs_student", [
-        "data.low_res=8", "model.head=relationnet", f"lsl.weight={weight}", "train.seed=0", "train.threads=1",
+        "data.low_res=8", "model.head=relationnet", f"lsl.weight={weight}", f"train.seed={seed}", "train.threads=1",
         f"train.episodes={episodes}", f"train.val_every={episodes}", f"train.val_episodes={val_episodes}",
-        "train.val_fine_grained=false", f"out={out}", f"name=lsl{weight}"])
+        "train.val_fine_grained=false", f"out={out}", f"name=lsl{weight}_s{seed}"])
     trainer = Trainer(cfg, data if data is not None else load_dataset(cfg.data))
     encoder = [p for n, p in trainer.model.named_parameters() if n.startswith("image_encoder")]
     last_bn = [m for m in trainer.model.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
@@ -63,7 +64,7 @@ def trace(weight: float, episodes: int, out: Path, val_episodes: int = 100, data
 
     trainer.objective = measured  # type: ignore[assignment]
     trainer.fit(progress=False, overwrite=True)
-    return {"weight": weight, "episodes": episodes, "val_acc": trainer.best_acc,
+    return {"weight": weight, "seed": seed, "episodes": episodes, "val_acc": trainer.best_acc,
             "steps": {str(s): rows[s] for s in sorted(rows)}}
 
 
@@ -71,20 +72,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=float, nargs="+", default=[5.0, 0.5, 0.05, 0.005, 0.0])
     p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--runs", type=Path, default=Path("runs/lsl_collapse"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lsl_collapse.json"))
     args = p.parse_args()
     configure_cpu(1)
     data = load_dataset(load_config("glyphs_student", ["data.low_res=8"]).data)
-    results = [trace(w, args.episodes, args.runs, data=data) for w in args.weights]
-    write_atomic(args.out, json.dumps({"dataset": "glyphs, 8 px", "head": "relationnet", "seed": 0,
+    results = [trace(w, args.episodes, args.runs, data=data, seed=s) for s in args.seeds for w in args.weights]
+    write_atomic(args.out, json.dumps({"dataset": "glyphs, 8 px", "head": "relationnet",
                                        "provenance": provenance(), "results": results}, indent=1))
-    print("| lsl.weight | step | encoder gradient: MSE | encoder gradient: weighted caption | between-sample share |"
-          " val (random, 100 episodes, end) |")
-    print("|---|---|---|---|---|---|")
+    print("| seed | lsl.weight | step | encoder gradient: MSE | encoder gradient: weighted caption |"
+          " between-sample share | val (random, end of run) |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         for s, row in r["steps"].items():
-            print(f"| {r['weight']:g} | {s} | {row['grad_mse']:.4f} | {row['grad_lsl']:.4f} | "
+            print(f"| {r['seed']} | {r['weight']:g} | {s} | {row['grad_mse']:.4f} | {row['grad_lsl']:.4f} | "
                   f"{row['between_share']:.3f} | {100 * r['val_acc']:.2f} |")
 
 
