@@ -7,7 +7,7 @@ from conftest import load_benchmark
 lsl_collapse = load_benchmark("lsl_collapse")
 
 
-def test_a_large_caption_weight_collapses_the_encoder_and_a_small_one_does_not(monkeypatch, tmp_path):
+def test_a_large_caption_weight_collapses_the_encoder_and_no_caption_loss_does_not(monkeypatch, tmp_path):
     monkeypatch.setattr(lsl_collapse, "STEPS", (0, 10))
     data = lsl_collapse.load_dataset(lsl_collapse.load_config("glyphs_student", ["data.low_res=8"]).data)
     large, none = (lsl_collapse.trace(w, 11, tmp_path, val_episodes=2, data=data)["steps"] for w in (5.0, 0.0))
