@@ -22,7 +22,7 @@ from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
 from cmkd.distributed import Ranks
 from cmkd.errors import CheckpointError, ConfigError, TrainingDiverged
-from cmkd.eval.evaluate import episode_list, evaluate_episodes
+from cmkd.eval.evaluate import Embedded, EmbeddedOnDemand, embed_samples, episode_list, evaluate_episodes
 from cmkd.models import inputs
 from cmkd.train import distiller, loop
 from cmkd.train import logs as run_logs
@@ -202,6 +202,25 @@ def test_the_teachers_clean_pass_runs_once_at_first_use_and_is_shared(small, fas
     live = Trainer(fast_cfg(**{"name": "s3", "distill.teacher_inputs": "same"}), small, teacher=teacher)
     live.train_step(0)
     assert len(calls) == 1 and live.teacher_cache is None, "the live teacher embeds each step's own inputs"
+
+
+def test_a_short_run_embeds_for_the_teacher_only_the_samples_it_draws(small, fast_cfg, monkeypatch):
+    """A run whose episodes draw fewer samples than the base split holds embeds each one at its first draw, to the
+    values of the full pass; a longer run, or a plateau search (which may double its episodes), makes the pass."""
+    teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
+    short = Trainer(fast_cfg(**{"name": "s"}), small, teacher=teacher)  # 40 episodes of 30 < 2,880 base samples
+    for step in range(2):
+        short.train_step(step)
+    cache, base = short.teacher_cache, small.split_indices("base")
+    drawn = np.unique(np.concatenate([short.schedule.indices(step).ravel() for step in range(2)]))
+    assert isinstance(cache, EmbeddedOnDemand) and np.array_equal(cache.indices[cache.done], drawn)
+    full = embed_samples(short.distiller.teacher, short.data, base)
+    torch.testing.assert_close(cache.rows(drawn), full.rows(drawn))
+    monkeypatch.setattr(cache, "embed", lambda *a: pytest.fail("a sample embedded twice"))
+    cache.rows(drawn[::-1])
+    for overrides in ({"train.episodes": 96}, {"train.budget": "plateau"}):  # 96 x 30 = 2,880 draws
+        made = real_embed_teacher(teacher.eval(), short.data, fast_cfg(**overrides))
+        assert type(made) is Embedded and np.array_equal(made.indices, base), overrides
 
 
 def test_distilling_every_third_step_triples_the_weight_and_leaves_the_other_steps_plain(small, fast_cfg):

@@ -10,6 +10,7 @@ are gathered back in order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -55,9 +56,34 @@ class Embedded:
     emb: torch.Tensor
 
     def rows(self, episodes: np.ndarray) -> torch.Tensor:
+        return self.emb[upload(self.positions(episodes), self.emb.device)]
+
+    def positions(self, episodes: np.ndarray) -> np.ndarray:
+        """Where each sample of ``episodes`` sits in ``indices``; KeyError for one outside them."""
         pos = np.searchsorted(self.indices, episodes)
         if not np.array_equal(self.indices[np.minimum(pos, len(self.indices) - 1)], episodes):
             raise KeyError("an episode uses samples that were not embedded")
+        return pos
+
+
+class EmbeddedOnDemand(Embedded):
+    """Embeddings of a sorted set of samples, each computed the first time a lookup asks for it (with the
+    lookup's other new samples, in one batch) and kept: a short run embeds only the samples it draws."""
+
+    def __init__(self, model: FewShotModel, data: DeviceData, indices: np.ndarray, all_captions: bool = True,
+                 precision: str = "fp32") -> None:
+        super().__init__(np.unique(indices), torch.empty(0, device=data.device))
+        self.embed = partial(embed_indices, model, data, all_captions=all_captions, precision=precision)
+        self.done = np.zeros(len(self.indices), dtype=bool)
+
+    def rows(self, episodes: np.ndarray) -> torch.Tensor:
+        pos = self.positions(episodes)
+        if len(new := np.unique(pos[~self.done[pos]])):
+            emb = self.embed(self.indices[new])
+            if not self.done.any():
+                self.emb = emb.new_zeros(len(self.indices), emb.shape[1])
+            self.emb[upload(new, self.emb.device)] = emb
+            self.done[new] = True
         return self.emb[upload(pos, self.emb.device)]
 
 

@@ -18,7 +18,7 @@ from cmkd.data.dataset import FewShotDataset
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import episode_labels
 from cmkd.errors import ConfigError
-from cmkd.eval.evaluate import Embedded, embed_samples
+from cmkd.eval.evaluate import Embedded, EmbeddedOnDemand, embed_samples
 from cmkd.losses.distillation import Method
 from cmkd.models import inputs
 from cmkd.models.fewshot import FewShotModel
@@ -28,10 +28,23 @@ log = logging.getLogger("cmkd")
 
 
 def embed_teacher(teacher: FewShotModel, data: DeviceData, cfg: Config) -> Embedded:
-    """The teacher's clean embeddings of every base sample (shareable by several students)."""
-    return embed_samples(teacher, data, data.dataset.split_indices("base"),
-                         all_captions=cfg.data.eval_captions == "mean",
-                         precision=resolve_precision(cfg.train.precision, data.device))
+    """The teacher's clean embeddings of the base samples (shareable by several students): all of them in one
+    pass, or, for a run that draws fewer samples than the base split holds, each one at its first draw."""
+    base = data.dataset.split_indices("base")
+    all_captions, precision = cfg.data.eval_captions == "mean", resolve_precision(cfg.train.precision, data.device)
+    if draws(cfg) < len(base):
+        log.info("the teacher embeds each base sample at its first draw (a run of %d episodes draws at most %d of "
+                 "the %d), and keeps it for later steps", cfg.train.episodes, draws(cfg), len(base))
+        return EmbeddedOnDemand(teacher, data, base, all_captions, precision)
+    log.info("the teacher embeds the %d base samples once (its clean view, cached for every step)", len(base))
+    return embed_samples(teacher, data, base, all_captions, precision)
+
+
+def draws(cfg: Config) -> float:
+    """The most samples a run's training episodes draw (infinite under ``train.budget=plateau``, which may double
+    ``train.episodes``)."""
+    e = cfg.episode
+    return cfg.train.episodes * e.way * (e.shot + e.query) if cfg.train.budget == "fixed" else float("inf")
 
 
 def check_teacher_images(teacher: FewShotModel, dataset: FewShotDataset) -> None:
@@ -47,9 +60,9 @@ class Distiller:
     """Scores a step's episodes with the frozen teacher and returns ``method``'s terms.
 
     The teacher is copied (the caller's module is left as it was), put in eval mode and frozen.
-    With ``distill.teacher_inputs=clean`` its embeddings of the base split are computed once, at the
-    first use (so a run refused before training costs no teacher pass), or taken from ``cache``,
-    shared by several students.
+    With ``distill.teacher_inputs=clean`` its embeddings of the base split are made at the first use (so a
+    run refused before training costs no teacher pass; see ``embed_teacher``), or taken from ``cache``, shared
+    by several students.
     """
 
     def __init__(self, teacher: FewShotModel, method: Method, cfg: Config, data: DeviceData,
@@ -75,8 +88,6 @@ class Distiller:
     def cache(self) -> Embedded | None:
         """The teacher's clean embeddings of the base split (computed on first use); None when it embeds live."""
         if self.clean and self._cache is None:
-            log.info("the teacher embeds the %d base samples once (its clean view, cached for every step)",
-                     len(self.data.dataset.split_indices("base")))
             self._cache = embed_teacher(self.teacher, self.data, self.cfg)
         return self._cache
 
