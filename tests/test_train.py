@@ -22,7 +22,7 @@ from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting
 from cmkd.distributed import Ranks
 from cmkd.errors import CheckpointError, ConfigError, TrainingDiverged
-from cmkd.eval.evaluate import Embedded, EmbeddedOnDemand, embed_samples, episode_list, evaluate_episodes
+from cmkd.eval.evaluate import Embedded, EmbeddedPerLookup, embed_samples, episode_list, evaluate_episodes
 from cmkd.models import inputs
 from cmkd.train import distiller, loop
 from cmkd.train import logs as run_logs
@@ -204,21 +204,28 @@ def test_the_teachers_clean_pass_runs_once_at_first_use_and_is_shared(small, fas
     assert len(calls) == 1 and live.teacher_cache is None, "the live teacher embeds each step's own inputs"
 
 
-def test_a_short_run_embeds_for_the_teacher_only_the_samples_it_draws(small, fast_cfg, monkeypatch):
-    """A run whose episodes draw fewer samples than the base split holds embeds each one at its first draw, to the
-    values of the full pass; a longer run, or a plateau search (which may double its episodes), makes the pass."""
+def test_a_short_run_embeds_for_the_teacher_each_steps_own_samples(small, fast_cfg, monkeypatch):
+    """A run whose episodes draw fewer than half as many samples as the base split holds embeds each step's samples
+    at that step, to the values of the full pass and the same whatever came before (a resumed run continues
+    exactly); a longer run, or a plateau search (which may double its episodes), makes the one pass."""
     teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
-    short = Trainer(fast_cfg(**{"name": "s"}), small, teacher=teacher)  # 40 episodes of 30 < 2,880 base samples
-    for step in range(2):
-        short.train_step(step)
+    short = Trainer(fast_cfg(**{"name": "s"}), small, teacher=teacher)  # 40 episodes of 30 < 2,880 / 2
     cache, base = short.teacher_cache, small.split_indices("base")
-    drawn = np.unique(np.concatenate([short.schedule.indices(step).ravel() for step in range(2)]))
-    assert isinstance(cache, EmbeddedOnDemand) and np.array_equal(cache.indices[cache.done], drawn)
+    assert isinstance(cache, EmbeddedPerLookup)
+    episodes = [short.schedule.indices(step) for step in range(3)]
+    first = cache.rows(episodes[0])
+    assert first.shape == (*episodes[0].shape, teacher.out_dim)
     full = embed_samples(short.distiller.teacher, short.data, base)
-    torch.testing.assert_close(cache.rows(drawn), full.rows(drawn))
-    monkeypatch.setattr(cache, "embed", lambda *a: pytest.fail("a sample embedded twice"))
-    cache.rows(drawn[::-1])
-    for overrides in ({"train.episodes": 96}, {"train.budget": "plateau"}):  # 96 x 30 = 2,880 draws
+    torch.testing.assert_close(first, full.rows(episodes[0]))
+    embedded, embed = [], cache.embed
+    monkeypatch.setattr(cache, "embed", lambda idx: embedded.append(len(idx)) or embed(idx))
+    for other in episodes[1:]:
+        cache.rows(other)
+    assert torch.equal(cache.rows(episodes[0]), first)
+    assert embedded == [30, 30, 30], "each lookup embeds its own samples: nothing kept that a resumed run would lack"
+    with pytest.raises(KeyError, match="not embedded"):
+        cache.rows(small.split_indices("val")[:30].reshape(1, -1))
+    for overrides in ({"train.episodes": 48}, {"train.budget": "plateau"}):  # 48 x 30 = 1,440 draws = 2,880 / 2
         made = real_embed_teacher(teacher.eval(), short.data, fast_cfg(**overrides))
         assert type(made) is Embedded and np.array_equal(made.indices, base), overrides
 

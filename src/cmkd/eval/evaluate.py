@@ -66,25 +66,19 @@ class Embedded:
         return pos
 
 
-class EmbeddedOnDemand(Embedded):
-    """Embeddings of a sorted set of samples, each computed the first time a lookup asks for it (with the
-    lookup's other new samples, in one batch) and kept: a short run embeds only the samples it draws."""
+class EmbeddedPerLookup(Embedded):
+    """Embeddings of a sorted set of samples, computed at each lookup from that lookup's samples alone and not
+    kept: a lookup costs only its own samples, and gives the same values whatever came before it (so a resumed run
+    continues exactly as an uninterrupted one)."""
 
     def __init__(self, model: FewShotModel, data: DeviceData, indices: np.ndarray, all_captions: bool = True,
                  precision: str = "fp32") -> None:
         super().__init__(np.unique(indices), torch.empty(0, device=data.device))
         self.embed = partial(embed_indices, model, data, all_captions=all_captions, precision=precision)
-        self.done = np.zeros(len(self.indices), dtype=bool)
 
     def rows(self, episodes: np.ndarray) -> torch.Tensor:
-        pos = self.positions(episodes)
-        if len(new := np.unique(pos[~self.done[pos]])):
-            emb = self.embed(self.indices[new])
-            if not self.done.any():
-                self.emb = emb.new_zeros(len(self.indices), emb.shape[1])
-            self.emb[upload(new, self.emb.device)] = emb
-            self.done[new] = True
-        return self.emb[upload(pos, self.emb.device)]
+        self.positions(episodes)  # only samples of the set
+        return self.embed(episodes.reshape(-1)).view(*episodes.shape, -1)
 
 
 def embed_samples(model: FewShotModel, data: DeviceData, indices: np.ndarray,

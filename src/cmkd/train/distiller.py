@@ -18,7 +18,7 @@ from cmkd.data.dataset import FewShotDataset
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import episode_labels
 from cmkd.errors import ConfigError
-from cmkd.eval.evaluate import Embedded, EmbeddedOnDemand, embed_samples
+from cmkd.eval.evaluate import Embedded, EmbeddedPerLookup, embed_samples
 from cmkd.losses.distillation import Method
 from cmkd.models import inputs
 from cmkd.models.fewshot import FewShotModel
@@ -28,20 +28,22 @@ log = logging.getLogger("cmkd")
 
 
 def embed_teacher(teacher: FewShotModel, data: DeviceData, cfg: Config) -> Embedded:
-    """The teacher's clean embeddings of the base samples (shareable by several students): all of them in one
-    pass, or, for a run that draws fewer samples than the base split holds, each one at its first draw."""
+    """The teacher's clean embeddings of the base samples (shareable by several students): the whole split in one
+    pass, or, for a run that draws fewer than half as many samples as the split holds, each step's own samples at
+    that step (a short run then costs less than half a pass, and a run long enough to draw most samples anyway keeps
+    the pass's large batches and its exact values)."""
     base = data.dataset.split_indices("base")
     all_captions, precision = cfg.data.eval_captions == "mean", resolve_precision(cfg.train.precision, data.device)
-    if draws(cfg) < len(base):
-        log.info("the teacher embeds each base sample at its first draw (a run of %d episodes draws at most %d of "
-                 "the %d), and keeps it for later steps", cfg.train.episodes, draws(cfg), len(base))
-        return EmbeddedOnDemand(teacher, data, base, all_captions, precision)
+    if 2 * draws(cfg) < len(base):
+        log.info("the teacher embeds each step's samples at that step (a run of %d episodes draws %d samples, "
+                 "fewer than half the %d base samples)", cfg.train.episodes, draws(cfg), len(base))
+        return EmbeddedPerLookup(teacher, data, base, all_captions, precision)
     log.info("the teacher embeds the %d base samples once (its clean view, cached for every step)", len(base))
     return embed_samples(teacher, data, base, all_captions, precision)
 
 
 def draws(cfg: Config) -> float:
-    """The most samples a run's training episodes draw (infinite under ``train.budget=plateau``, which may double
+    """The samples a run's training episodes draw (infinite under ``train.budget=plateau``, which may double
     ``train.episodes``)."""
     e = cfg.episode
     return cfg.train.episodes * e.way * (e.shot + e.query) if cfg.train.budget == "fixed" else float("inf")
