@@ -191,12 +191,13 @@ def test_the_teachers_clean_pass_runs_once_at_first_use_and_is_shared(small, fas
     teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t"}), small).model
     calls = []
     monkeypatch.setattr(distiller, "embed_teacher", lambda *a: calls.append(1) or real_embed_teacher(*a))
-    student = Trainer(fast_cfg(**{"name": "s"}), small, teacher=teacher)
+    long = {"train.episodes": 96}  # 96 episodes of 30 draw at least half the 2,880 base samples: the one pass
+    student = Trainer(fast_cfg(**{"name": "s", **long}), small, teacher=teacher)
     assert calls == [], "no teacher pass before training (a refused run costs none)"
     student.train_step(0)
     student.train_step(1)
     assert len(calls) == 1, "one pass serves every step"
-    again = Trainer(fast_cfg(**{"name": "s2"}), small, teacher=teacher, teacher_cache=student.teacher_cache)
+    again = Trainer(fast_cfg(**{"name": "s2", **long}), small, teacher=teacher, teacher_cache=student.teacher_cache)
     again.train_step(0)
     assert len(calls) == 1, "and every student given the cache"
     live = Trainer(fast_cfg(**{"name": "s3", "distill.teacher_inputs": "same"}), small, teacher=teacher)
@@ -228,6 +229,8 @@ def test_a_short_run_embeds_for_the_teacher_each_steps_own_samples(small, fast_c
     for overrides in ({"train.episodes": 48}, {"train.budget": "plateau"}):  # 48 x 30 = 1,440 draws = 2,880 / 2
         made = real_embed_teacher(teacher.eval(), short.data, fast_cfg(**overrides))
         assert type(made) is Embedded and np.array_equal(made.indices, base), overrides
+    longer = Trainer(fast_cfg(**{"name": "l", "train.episodes": 48}), small, teacher=teacher, teacher_cache=cache)
+    assert type(longer.teacher_cache) is Embedded, "a longer run given a short run's cache makes its own pass"
 
 
 def test_distilling_every_third_step_triples_the_weight_and_leaves_the_other_steps_plain(small, fast_cfg):

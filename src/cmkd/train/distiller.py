@@ -79,7 +79,8 @@ class Distiller:
         self.method, self.cfg, self.data = method, cfg, data
         self.precision = resolve_precision(cfg.train.precision, data.device)
         self.clean = cfg.distill.teacher_inputs == "clean"
-        self._cache = cache if self.clean else None
+        # a per-lookup cache keeps nothing to share, and was chosen for another run's length: this run chooses
+        self._cache = cache if self.clean and not isinstance(cache, EmbeddedPerLookup) else None
         kept = related_columns(cfg.episode.way, cfg.episode.shot, cfg.episode.query, method.queries)
         # the sub-episode's columns, for the host's episode table and on the device (no copy per step); None: all
         self.columns = None if kept is None else (kept, torch.as_tensor(kept, device=data.device))
