@@ -47,8 +47,8 @@ def test_a_distilled_plateau_search_makes_one_teacher_pass(small, fast_cfg, monk
     teacher = Trainer(fast_cfg(**{"model.modality": "image+text", "name": "t", "train.episodes": 4}), small).model
     calls = []
     monkeypatch.setattr(distiller, "embed_teacher", lambda *a: calls.append(1) or embed_teacher(*a))
-    cfg = fast_cfg(**{"name": "d", "distill.teacher": "t", "train.budget": "plateau", "train.episodes": 4,
-                      "train.val_every": 4, "train.max_episodes": 8, "train.plateau_gain": -100})
-    _fit(cfg, argparse.Namespace(resume=False, overwrite=False), small, "cpu", teacher)
+    cfg = fast_cfg(**{"name": "d", "distill.teacher": "t", "train.budget": "plateau", "train.episodes": 48,
+                      "train.val_every": 48, "train.max_episodes": 96, "train.plateau_gain": -100})
+    _fit(cfg, argparse.Namespace(resume=False, overwrite=False), small, "cpu", teacher)  # 48 x 30 draws: the pass
     info = json.loads((cfg.run_dir / "plateau.json").read_text())
-    assert [c["episodes"] for c in info["curve"]] == [4, 8] and calls == [1], "both budgets, one teacher pass"
+    assert [c["episodes"] for c in info["curve"]] == [48, 96] and calls == [1], "both budgets, one teacher pass"

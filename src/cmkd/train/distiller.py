@@ -42,11 +42,10 @@ def embed_teacher(teacher: FewShotModel, data: DeviceData, cfg: Config) -> Embed
     return embed_samples(teacher, data, base, all_captions, precision)
 
 
-def draws(cfg: Config) -> float:
-    """The samples a run's training episodes draw (infinite under ``train.budget=plateau``, which may double
-    ``train.episodes``)."""
+def draws(cfg: Config) -> int:
+    """The samples a run's training episodes draw (each budget of a plateau search is a run of its own)."""
     e = cfg.episode
-    return cfg.train.episodes * e.way * (e.shot + e.query) if cfg.train.budget == "fixed" else float("inf")
+    return cfg.train.episodes * e.way * (e.shot + e.query)
 
 
 def check_teacher_images(teacher: FewShotModel, dataset: FewShotDataset) -> None:
