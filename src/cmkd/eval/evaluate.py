@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -48,36 +49,47 @@ def embed_indices(model: FewShotModel, data: DeviceData, indices: np.ndarray, al
     return out
 
 
+class SampleEmbeddings(Protocol):
+    """A model's embeddings of a fixed set of samples (``indices``, sorted), looked up by global sample index."""
+
+    indices: np.ndarray
+
+    def rows(self, episodes: np.ndarray) -> torch.Tensor:
+        """The embeddings of ``episodes`` (an array of sample indices), shaped ``(*episodes.shape, dim)``."""
+        ...
+
+
+def positions(indices: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+    """Where each sample of ``episodes`` sits in the sorted ``indices``; KeyError for one outside them."""
+    pos = np.searchsorted(indices, episodes)
+    if not np.array_equal(indices[np.minimum(pos, len(indices) - 1)], episodes):
+        raise KeyError("an episode uses samples that were not embedded")
+    return pos
+
+
 @dataclass
 class Embedded:
-    """Embeddings of a sorted set of samples, looked up by global sample index."""
+    """Embeddings of a sorted set of samples, computed once and kept (``emb``, one row per sample)."""
 
     indices: np.ndarray
     emb: torch.Tensor
 
     def rows(self, episodes: np.ndarray) -> torch.Tensor:
-        return self.emb[upload(self.positions(episodes), self.emb.device)]
-
-    def positions(self, episodes: np.ndarray) -> np.ndarray:
-        """Where each sample of ``episodes`` sits in ``indices``; KeyError for one outside them."""
-        pos = np.searchsorted(self.indices, episodes)
-        if not np.array_equal(self.indices[np.minimum(pos, len(self.indices) - 1)], episodes):
-            raise KeyError("an episode uses samples that were not embedded")
-        return pos
+        return self.emb[upload(positions(self.indices, episodes), self.emb.device)]
 
 
-class EmbeddedPerLookup(Embedded):
+class EmbeddedPerLookup:
     """Embeddings of a sorted set of samples, computed at each lookup from that lookup's samples alone and not
     kept: a lookup costs only its own samples, and gives the same values whatever came before it (so a resumed run
     continues exactly as an uninterrupted one)."""
 
     def __init__(self, model: FewShotModel, data: DeviceData, indices: np.ndarray, all_captions: bool = True,
                  precision: str = "fp32") -> None:
-        super().__init__(np.unique(indices), torch.empty(0, device=data.device))
+        self.indices = np.unique(indices)
         self.embed = partial(embed_indices, model, data, all_captions=all_captions, precision=precision)
 
     def rows(self, episodes: np.ndarray) -> torch.Tensor:
-        self.positions(episodes)  # only samples of the set
+        positions(self.indices, episodes)  # only samples of the set
         return self.embed(episodes.reshape(-1)).view(*episodes.shape, -1)
 
 

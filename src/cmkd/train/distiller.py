@@ -18,7 +18,7 @@ from cmkd.data.dataset import FewShotDataset
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import episode_labels
 from cmkd.errors import ConfigError
-from cmkd.eval.evaluate import Embedded, EmbeddedPerLookup, embed_samples
+from cmkd.eval.evaluate import EmbeddedPerLookup, SampleEmbeddings, embed_samples
 from cmkd.losses.distillation import Method
 from cmkd.models import inputs
 from cmkd.models.fewshot import FewShotModel
@@ -27,7 +27,7 @@ from cmkd.runtime import autocast, resolve_precision
 log = logging.getLogger("cmkd")
 
 
-def embed_teacher(teacher: FewShotModel, data: DeviceData, cfg: Config) -> Embedded:
+def embed_teacher(teacher: FewShotModel, data: DeviceData, cfg: Config) -> SampleEmbeddings:
     """The teacher's clean embeddings of the base samples (shareable by several students): the whole split in one
     pass, or, for a run that draws fewer than half as many samples as the split holds, each step's own samples at
     that step (a short run then costs less than half a pass, and a run long enough to draw most samples anyway keeps
@@ -67,7 +67,7 @@ class Distiller:
     """
 
     def __init__(self, teacher: FewShotModel, method: Method, cfg: Config, data: DeviceData,
-                 cache: Embedded | None = None) -> None:
+                 cache: SampleEmbeddings | None = None) -> None:
         check_teacher_images(teacher, data.dataset)
         if cfg.distill.episodes == "fine" and distributed.ranks().world > 1:
             raise ConfigError("distill.episodes=fine needs one training process: each process draws its own kind "
@@ -87,7 +87,7 @@ class Distiller:
         self._leading: bool | None = None  # whether it led at the last check (the log says when that changes)
 
     @property
-    def cache(self) -> Embedded | None:
+    def cache(self) -> SampleEmbeddings | None:
         """The teacher's clean embeddings of the base split (computed on first use); None when it embeds live."""
         if self.clean and self._cache is None:
             self._cache = embed_teacher(self.teacher, self.data, self.cfg)

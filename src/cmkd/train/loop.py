@@ -19,7 +19,7 @@ from cmkd.data.dataset import FewShotDataset
 from cmkd.data.device import DeviceData
 from cmkd.data.episodes import EpisodeSetting, episode_labels
 from cmkd.errors import ConfigError
-from cmkd.eval.evaluate import Embedded, episode_list, evaluate_episodes
+from cmkd.eval.evaluate import SampleEmbeddings, episode_list, evaluate_episodes
 from cmkd.eval.stats import mean_ci
 from cmkd.losses.objective import Objective
 from cmkd.models import inputs
@@ -44,7 +44,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, dataset: FewShotDataset, device: torch.device | str = "cpu",
                  teacher: FewShotModel | None = None, init: FewShotModel | None = None,
-                 teacher_cache: Embedded | None = None) -> None:
+                 teacher_cache: SampleEmbeddings | None = None) -> None:
         if teacher is None and cfg.distill.teacher is not None:
             raise ConfigError(f"distill.teacher is set ({cfg.distill.teacher}) but no teacher was given: distil "
                               "with `cmkd distill` (or Trainer(..., teacher=model)), or unset distill.teacher")
@@ -83,7 +83,7 @@ class Trainer:
             "precision": self.precision, "teacher_sha256": self.distiller.digest if self.distiller else None})
 
     @property
-    def teacher_cache(self) -> Embedded | None:
+    def teacher_cache(self) -> SampleEmbeddings | None:
         return self.distiller.cache if self.distiller is not None else None
 
     @property
